@@ -1,0 +1,16 @@
+"""The catalogue of activation functions: formulas in ``x``, parameters, numpy versions.
+
+>>> import activations
+>>> activations.get("relu").expr
+Max(0, x)
+"""
+
+from ._activation import Activation, Parameter, lambdify_numpy, x
+from ._catalogue import catalogue, get, names, register, unregister
+from ._parse import FUNCTIONS, FormulaError, parse_formula
+
+__all__ = [
+    "Activation", "Parameter", "x", "lambdify_numpy",
+    "catalogue", "get", "names", "register", "unregister",
+    "parse_formula", "FormulaError", "FUNCTIONS",
+]

@@ -1,0 +1,170 @@
+"""Soundness fuzzer for the engine (issue 3, item 5).
+
+Random formulas built from catalogue functions (sums and products with rational
+coefficients, compositions, input scalings; :func:`groupcalc.testing.random_formula`) with
+a fixed seed. For each one the engine must
+
+* not crash (a ``GroupCalcError`` refusing the formula is allowed, anything else is a crash),
+* return within its timeout (plus a fixed allowance for process noise),
+* never claim an element that fails numerically: sampled elements of every claimed G_3 and
+  the claimed scalings one by one must satisfy sigma(A x) = phi(A) sigma(x).
+
+The numeric search over scalings is run as well and its agreement is recorded (not
+asserted: the search can miss a generator outside its range). Run this file as a script
+for the large run quoted in docs/groups.md::
+
+    python tests/test_fuzz.py --count 200 --seed 20261123
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import activations
+from groupcalc._check import check
+from groupcalc._groups import IntertwinerGroup
+from groupcalc._result import GroupCalcError
+from groupcalc.testing import random_formula
+
+SEED = 20261123
+#: Formulas tried in the default (CI) run, and the engine's time budget for each.
+CI_COUNT = 10
+TIMEOUT = 2.0
+#: Allowance over the timeout for interpreter and machine noise (a loaded CI runner).
+ALLOWANCE = 3.0
+
+
+def _derive(text, timeout):
+    from groupcalc._derive import derive
+
+    return derive(text, timeout=timeout)
+
+
+def fuzz_one(text: str, timeout: float = TIMEOUT) -> dict:
+    """Derive ``text`` and check every claimed group numerically; a JSON-ready record."""
+    rec = {"formula": text}
+    t0 = time.perf_counter()
+    try:
+        deriv = _derive(text, timeout)
+    except GroupCalcError as err:
+        rec.update(outcome="refused", reason=str(err), seconds=time.perf_counter() - t0)
+        return rec
+    except Exception as err:  # noqa: BLE001 - a crash is what we are looking for
+        rec.update(outcome="crash", reason=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - t0)
+        return rec
+    rec["seconds"] = time.perf_counter() - t0
+    rec["outcome"] = "derived"
+    sigma = activations.lambdify_numpy(activations.parse_formula(text))
+    cases = []
+    for case in deriv.cases:
+        grp = IntertwinerGroup.from_case(case, label=text)
+        rep = check(text, {}, n=3, trials=6, rng=0, group=grp, sigma=sigma)
+        cases.append({
+            "condition": str(case.condition),
+            "class": case.cls,
+            "status": case.status,
+            "S": grp.one_dimensional().describe(),
+            "phi": str(grp.one_dimensional().phi),
+            "search": rep.search.describe(),
+            "max_residual": rep.max_residual,
+            "flags": list(rep.flags),
+        })
+    rec["cases"] = cases
+    return rec
+
+
+def fuzz(count: int, seed: int = SEED, timeout: float = TIMEOUT, depth: int = 2) -> list:
+    """Records for ``count`` random formulas drawn with ``random.Random(seed)``."""
+    rng = random.Random(seed)
+    return [fuzz_one(random_formula(rng, depth), timeout) for _ in range(count)]
+
+
+def summarise(records: list, timeout: float = TIMEOUT) -> dict:
+    out = Counter(r["outcome"] for r in records)
+    cases = [c for r in records for c in r.get("cases", [])]
+    flags = Counter(f.split(":")[0] for c in cases for f in c["flags"])
+    return {
+        "formulas": len(records),
+        "outcomes": dict(out),
+        "cases": len(cases),
+        "classes": dict(Counter(c["class"] for c in cases)),
+        "statuses": dict(Counter(c["status"] for c in cases)),
+        "agree_with_search": sum(1 for c in cases if not c["flags"]),
+        "flag_kinds": dict(flags),
+        "over_timeout": [r["formula"] for r in records if r["seconds"] > timeout + ALLOWANCE],
+        "max_seconds": max((r["seconds"] for r in records), default=0.0),
+        "median_seconds": float(np.median([r["seconds"] for r in records])) if records else 0.0,
+    }
+
+
+def _assert_sound(records, timeout):
+    crashes = [(r["formula"], r["reason"]) for r in records if r["outcome"] == "crash"]
+    assert not crashes, f"the engine crashed: {crashes}"
+    slow = [(r["formula"], round(r["seconds"], 1)) for r in records if r["seconds"] > timeout + ALLOWANCE]
+    assert not slow, f"the engine exceeded its {timeout} s timeout: {slow}"
+    unsound = [(r["formula"], c["condition"], f) for r in records for c in r.get("cases", []) for f in c["flags"] if f.startswith("unsound")]
+    assert not unsound, f"the engine claimed elements that fail numerically: {unsound}"
+
+
+def test_fuzz_engine_is_sound():
+    records = fuzz(CI_COUNT)
+    assert len(records) == CI_COUNT
+    _assert_sound(records, TIMEOUT)
+
+
+def test_fuzz_formulas_are_reproducible():
+    a = [random_formula(random.Random(SEED), 2) for _ in range(2)]
+    assert a[0] == a[1]
+    for text in (random_formula(random.Random(s), 2) for s in range(5)):
+        activations.parse_formula(text)
+
+
+def test_fuzzer_detects_a_planted_unsound_engine(monkeypatch):
+    """The fuzzer's verdict can fail: an engine that claims -1 for every formula is caught."""
+    import groupcalc._derive as d
+    from groupcalc import Case, Derivation, Scalings, a
+    import sympy
+
+    def liar(text, params=None, timeout=None):
+        case = Case(sympy.true, "nonlinear", Scalings("all", negative=-1, phi=a), "G", None, (), "proved")
+        return Derivation(text, activations.parse_formula(text), (), (case,))
+
+    monkeypatch.setattr(d, "derive", liar)
+    records = [fuzz_one("tanh(x) + relu(x)")]
+    with pytest.raises(AssertionError, match="fail numerically"):
+        _assert_sound(records, TIMEOUT)
+
+
+@pytest.mark.slow
+def test_fuzz_engine_is_sound_long():
+    records = fuzz(200, seed=SEED + 1)
+    _assert_sound(records, TIMEOUT)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Fuzz the groupcalc engine with random formulas.")
+    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--timeout", type=float, default=TIMEOUT)
+    ap.add_argument("--records", help="write every record to this JSON file")
+    args = ap.parse_args()
+    recs = []
+    rng = random.Random(args.seed)
+    for i in range(args.count):
+        recs.append(fuzz_one(random_formula(rng, 2), args.timeout))
+        r = recs[-1]
+        print(f"[{i + 1}/{args.count}] {r['outcome']:8s} {r['seconds']:6.2f}s {r['formula'][:90]}", flush=True)
+        for c in r.get("cases", []):
+            if c["flags"]:
+                print("          ", c["condition"], c["S"], "|", c["search"], c["flags"], flush=True)
+    if args.records:
+        with open(args.records, "w") as fh:
+            json.dump(recs, fh, indent=1)
+    print(json.dumps(summarise(recs, args.timeout), indent=2))

@@ -1,0 +1,20 @@
+"""Entry points of the torch-side commands (`groupcalc similarity`, `groupcalc experiment`).
+
+`groupcalc`'s CLI finds these through the ``groupcalc.commands`` entry-point group, so the
+core never imports torch_bridge. Each takes the remaining command-line words and returns an
+exit code (0 success, 2 bad input, 1 internal failure).
+"""
+
+from __future__ import annotations
+
+
+def similarity_command(argv: list[str]) -> int:
+    from .similarity._cli import main
+
+    return main(argv)
+
+
+def experiment_command(argv: list[str]) -> int:
+    from .experiments._cli import main
+
+    return main(argv)

@@ -1,0 +1,151 @@
+"""Training as in appendix D.1 of the paper, and evaluation.
+
+Adam with PyTorch's defaults, initial learning rate ``lr``, four evenly spaced drops by a
+factor 0.5, the paper's augmentation, and the checkpoint with the best accuracy on a held-out
+part of the *training* set (the test set is only used to report accuracy).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._data import Dataset, Normalizer, batches
+
+__all__ = ["TrainConfig", "train_model", "evaluate", "atomic_save", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run (appendix D.1 defaults)."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_drops: int = 4
+    lr_factor: float = 0.5
+    holdout: float = 0.1
+    n_train: int | None = None  # subsample the training set (None: all of it)
+    augment: bool = True
+
+    def __post_init__(self):
+        if int(self.epochs) < 1:
+            raise ValueError(f"Argument 'epochs' must be a positive integer, not {self.epochs!r}.")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"Argument 'batch_size' must be a positive integer, not {self.batch_size!r}.")
+        if not self.lr > 0:
+            raise ValueError(f"Argument 'lr' must be positive, not {self.lr!r}.")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"Argument 'device' must be 'auto', 'cpu' or 'cuda', not {device!r}.")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("Argument 'device' is 'cuda' but no CUDA device is available.")
+    return torch.device(device)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a reader
+    (or an interrupted run) never sees a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, normalizer: Normalizer, batch_size: int = 500) -> float:
+    """Accuracy (in [0, 1]) of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for xb, yb in batches(x, y, batch_size, normalizer):
+        correct += int((model(xb).argmax(1) == yb).sum())
+    model.train(was_training)
+    return correct / max(1, len(y))
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    drops = int(cfg.lr_drops * step / max(1, total)) if cfg.lr_drops > 0 else 0
+    return cfg.lr * cfg.lr_factor ** min(drops, cfg.lr_drops)
+
+
+def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int, device: torch.device,
+                params=None, checkpoint: str | os.PathLike | None = None, progress: bool = True,
+                desc: str = "train") -> dict:
+    """Train ``model`` in place and load its best checkpoint (held-out accuracy).
+
+    ``params`` restricts the optimised parameters (fine-tuning). When ``checkpoint`` is given,
+    the state after every epoch is written there atomically and an interrupted run resumes
+    from it. Returns ``{"val_acc", "best_epoch", "epochs"}``.
+    """
+    from tqdm.auto import tqdm
+
+    fit_idx, val_idx = data.split_train(cfg.holdout, seed=0)
+    if cfg.n_train is not None and cfg.n_train < len(fit_idx):
+        fit_idx = np.sort(np.random.default_rng(seed).permutation(fit_idx)[:cfg.n_train])
+    x_fit, y_fit = data.x_train[fit_idx], data.y_train[fit_idx]
+    x_val, y_val = data.x_train[val_idx], data.y_train[val_idx]
+    norm = Normalizer(data, device)
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    steps_per_epoch = -(-len(y_fit) // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(int(seed))
+    state = {"epoch": 0, "best_acc": -1.0, "best_epoch": -1, "best_state": None}
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["gen"])
+        state = saved["state"]
+    loss_fn = nn.CrossEntropyLoss()
+    aug = (data.shift, data.flips) if cfg.augment else None
+    for epoch in range(state["epoch"], cfg.epochs):
+        model.train()
+        bar = tqdm(batches(x_fit, y_fit, cfg.batch_size, norm, shuffle=True, augment_with=aug, generator=gen),
+                   total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        for i, (xb, yb) in enumerate(bar):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(epoch * steps_per_epoch + i, total, cfg)
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        acc = evaluate(model, x_val, y_val, norm)
+        if acc > state["best_acc"]:
+            state.update(best_acc=acc, best_epoch=epoch + 1,
+                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        state["epoch"] = epoch + 1
+        if checkpoint is not None and epoch + 1 < cfg.epochs:
+            atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                         "state": state}, checkpoint)
+    model.load_state_dict(state["best_state"])
+    model.eval()
+    if checkpoint is not None and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    return {"val_acc": state["best_acc"], "best_epoch": state["best_epoch"], "epochs": cfg.epochs}
+
+
+def clone_frozen(model: nn.Module) -> nn.Module:
+    """A deep copy with every parameter frozen, in eval mode."""
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m.eval()

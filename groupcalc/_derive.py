@@ -76,7 +76,7 @@ def resolve(activation) -> tuple[str, Activation]:
             act = activations.get(activation)
             return act.name, act
         except KeyError as err:
-            looks_like_name = activation.strip().replace("_", "").isalnum() and activation.strip() not in ("x",)
+            looks_like_name = activation.strip()[:1].isalpha() and activation.strip().replace("_", "").isalnum() and activation.strip() != "x"
             try:
                 expr = activations.parse_formula(activation)
             except activations.FormulaError as ferr:
@@ -152,7 +152,8 @@ def derive(activation, params: dict | None = None, *, timeout: float | None = DE
         root = explorer.partial_root(expr, reference)
     except RecursionError:
         root = explorer.partial_root(expr, reference)
-    cases = explorer.cases(root)
+    plain = {s: sympy.Symbol(n, real=True) for n, s in syms.items()}
+    cases = [_plain_symbols(c, plain) for c in explorer.cases(root)]
     return Derivation(label, act.expr, tuple(p.name for p in act.parameters if p.name not in given), tuple(cases))
 
 
@@ -357,6 +358,18 @@ def _clean(atoms):
     return sympy.And(*[sympy.Eq(k, v) for k, v in eqs.items()], *rest)
 
 
+def _plain_symbols(case: Case, plain: dict) -> Case:
+    """Report parameters as the plain real symbols users type (assumptions were internal)."""
+    if not plain:
+        return case
+    sc = case.scalings
+    if sc is not None:
+        sc = Scalings(sc.positive, None if sc.generator is None else sc.generator.xreplace(plain),
+                      None if sc.negative is None else sc.negative.xreplace(plain), sc.phi.xreplace(plain))
+    return Case(case.condition.xreplace(plain), case.cls, sc, case.group, case.phi_n, case.singular_n, case.status,
+                case.certificate, case.hypotheses, None if case.expr is None else case.expr.xreplace(plain))
+
+
 def _describe(cls, scal: Scalings | None, e14: bool):
     if cls == "constant":
         return ("GL_n(R): sigma(A x) = sigma(x) for every A; B must fix sigma's constant vector, so phi is not unique", None)
@@ -439,7 +452,7 @@ def _numeric_check(expr, scal: Scalings, reference) -> tuple[bool, str]:
 
     e = expr.subs(reference) if reference else expr
     f = lambdify_numpy(e)
-    phi = sympy.lambdify(a, scal.phi.subs(reference) if reference else scal.phi, "numpy")
+    phi_expr = scal.phi.subs(reference) if reference else scal.phi
     elems = [1.0]
     if scal.positive == "all":
         elems += [2.0, 0.37, 5.5]
@@ -454,7 +467,7 @@ def _numeric_check(expr, scal: Scalings, reference) -> tuple[bool, str]:
     worst = 0.0
     for el in elems:
         lhs = f(el * xs)
-        rhs = float(np.real(phi(el))) * f(xs)
+        rhs = float(sympy.re(sympy.N(phi_expr.subs(a, sympy.nsimplify(el)), 20))) * f(xs)
         scale = 1.0 + np.abs(lhs) + np.abs(rhs)
         ok = np.isfinite(lhs) & np.isfinite(rhs)
         worst = max(worst, float(np.max(np.abs(lhs - rhs)[ok] / scale[ok], initial=0.0)))

@@ -211,29 +211,46 @@ def _numeric_positive(expr, oracle, out: Analysis):
 
     from activations import lambdify_numpy
 
+    from scipy.optimize import minimize_scalar
+
     f = lambdify_numpy(oracle.at_reference(expr))
-    xs = np.array([0.37, 1.13, 2.71, -0.83, 3.9, 0.061])
-    grid = np.exp(np.linspace(np.log(1.0005), np.log(64.0), 40000))
+    xs = np.array([0.37, 1.13, 2.71, -0.83, 3.9, 0.061, -2.2])
     s = f(xs)
     ok = np.abs(s) > 1e-9
     xs, s = xs[ok], s[ok]
-    ratios = f(grid[:, None] * xs[None, :]) / s[None, :]
-    spread = np.max(ratios, axis=1) - np.min(ratios, axis=1)
-    cand = [grid[i] for i in range(1, len(grid) - 1) if spread[i] < 1e-6 * (1 + np.abs(ratios[i]).max())
-            and spread[i] <= spread[i - 1] and spread[i] <= spread[i + 1]]
+
+    def spread(log_a):  # relative spread of sigma(a x) / sigma(x) over the sample points
+        r = f(np.exp(log_a) * xs) / s
+        return float((np.max(r) - np.min(r)) / (1 + np.max(np.abs(r))))
+
+    logs = np.linspace(np.log(1.0005), np.log(64.0), 20000)
+    r = f(np.exp(logs)[:, None] * xs[None, :]) / s[None, :]
+    vals = (np.max(r, axis=1) - np.min(r, axis=1)) / (1 + np.max(np.abs(r), axis=1))
+    minima = [i for i in range(1, len(logs) - 1) if vals[i] <= vals[i - 1] and vals[i] <= vals[i + 1] and vals[i] < 1e-2]
+    cand = []
+    for i in minima:
+        res = minimize_scalar(spread, bounds=(logs[i - 1], logs[i + 1]), method="bounded", options={"xatol": 1e-13})
+        if res.fun < 1e-6:  # the symbolic check below decides
+            cand.append(float(np.exp(res.x)))
     for g_num in cand:
         g = sympy.nsimplify(g_num, [sympy.E, sympy.pi], tolerance=1e-5)
         if g <= 1:
             continue
         try:
             x0 = sympy.Rational(113, 100)
-            b0 = sympy.simplify(expr.subs(x, g * x0) / expr.subs(x, x0))
-            if oracle.identically_zero(expr.subs(x, g * x) - b0 * expr):
+            b0 = sympy.nsimplify(oracle.value(expr.subs(x, g * x0) / expr.subs(x, x0), 30), [sympy.E, sympy.pi], tolerance=1e-20)
+            if _identity_holds(expr.subs(x, g * x) - b0 * expr, oracle):
                 out.numeric.append(f"generator {g} found by a numeric scan over (1, 64]; minimality checked numerically")
                 out.step(f"Positive scalings: no analytic side at 0; a numeric scan of a sigma'(a x) sigma(x) = sigma(a x) sigma'(x) "
                          f"over a in (1, 64] finds a = {_fmt(g)} first, and sigma({_fmt(g)} x) = {_fmt(b0)} sigma(x) is checked. "
                          f"S ∩ (0, oo) = {{{_fmt(g)}^k}} (minimality of the generator only numerically).")
-                out.scalings = Scalings("discrete", g, None, sympy.simplify(b0 ** (sympy.log(a) / sympy.log(g))))
+                mu = sympy.nsimplify(sympy.log(b0) / sympy.log(g)) if b0 > 0 else None
+                if b0 > 0:
+                    phi = a**mu if mu.is_Rational else b0 ** (sympy.log(a) / sympy.log(g))
+                else:  # phi(g^k) = b0^k = (-1)^k |b0|^k, written real-valued on S
+                    mu = sympy.nsimplify(sympy.log(-b0) / sympy.log(g))
+                    phi = sympy.cos(sympy.pi * sympy.log(a) / sympy.log(g)) * a**mu
+                out.scalings = Scalings("discrete", g, None, phi)
                 return
         except Undecided:
             continue
@@ -335,7 +352,7 @@ def _with_negative(sc: Scalings, m, c) -> Scalings:
             phi = sympy.Piecewise((phi_pos, a > 0), (c * phi_pos.subs(a, Abs(a)), True))
         return Scalings("all", None, m, phi)
     g = sc.generator
-    phi = sympy.Piecewise((phi_pos, a > 0), (c * phi_pos.subs(a, -a / m), True))
+    phi = sympy.Piecewise((phi_pos, a > 0), (c * phi_pos.subs(a, a / m), True))  # a = m g^k: phi(a) = phi(m) phi(a/m)
     return Scalings("discrete", g, m, phi)
 
 

@@ -273,7 +273,11 @@ def merge_spurious(p: Pieces, oracle: Oracle) -> Pieces:
     i = 0
     while i < len(breaks):
         left, right, t = exprs[i], exprs[i + 1], breaks[i]
-        same = oracle.identically_zero(left - right)
+        lo = breaks[i - 1] if i > 0 else None
+        try:  # compare on the left interval, where the left piece is defined
+            same = oracle.identically_zero(left - right, lo, t)
+        except GroupCalcError:  # the right piece is not real there: a different function
+            same = False
         if same and oracle.is_zero(values[i] - left.subs(x, t)):
             del breaks[i], values[i], exprs[i + 1]
         else:

@@ -95,6 +95,15 @@ class Case:
         if not isinstance(self.singular_n, str):
             object.__setattr__(self, "singular_n", tuple(sorted(int(n) for n in self.singular_n)))
 
+    def at(self, subs: dict) -> "Case":
+        """This case with parameter values substituted into phi, the generator and the formula."""
+        s = self.scalings
+        if s is not None:
+            s = Scalings(s.positive, None if s.generator is None else s.generator.subs(subs),
+                         None if s.negative is None else s.negative.subs(subs), s.phi.subs(subs))
+        return Case(self.condition, self.cls, s, self.group, self.phi_n, self.singular_n, self.status, self.certificate,
+                    self.hypotheses, None if self.expr is None else self.expr.subs(subs))
+
     # Fields of the JSON schema -------------------------------------------------
     @property
     def positive_scalings(self):
@@ -163,12 +172,34 @@ class Derivation:
         if missing and len(self.cases) > 1:
             raise GroupCalcError(f"give values for parameters {missing} to pick a case")
         for c in self.cases:
-            cond = c.condition.subs(subs) if subs else c.condition
-            if cond is sympy.true or cond == True:  # noqa: E712
-                return c
+            if _holds(c.condition, subs):
+                return c.at(subs) if subs else c
         raise GroupCalcError(f"no derived case covers {values}")
 
     @property
     def generic(self) -> Case:
         """The first case (the one whose condition holds for generic parameter values)."""
         return self.cases[0]
+
+
+def _holds(condition, subs) -> bool:
+    """Whether a condition on the parameters holds at ``subs`` (numbers); relations that
+    sympy leaves unevaluated are decided by a 30-digit evaluation."""
+    cond = condition.subs(subs) if subs else condition
+    if cond in (True, sympy.true):
+        return True
+    if cond in (False, sympy.false):
+        return False
+
+    def decide(rel):
+        d = sympy.N(rel.lhs - rel.rhs, 30)
+        if not d.is_number:
+            return rel
+        zero = abs(d) < 1e-25
+        return {sympy.Eq: zero, sympy.Ne: not zero, sympy.StrictGreaterThan: d > 0 and not zero,
+                sympy.StrictLessThan: d < 0 and not zero, sympy.GreaterThan: d > 0 or zero,
+                sympy.LessThan: d < 0 or zero}.get(type(rel), rel)
+
+    rels = cond.atoms(sympy.core.relational.Relational)
+    cond = cond.xreplace({r: sympy.true if decide(r) is True else sympy.false if decide(r) is False else r for r in rels})
+    return cond in (True, sympy.true)

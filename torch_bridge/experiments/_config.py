@@ -92,8 +92,8 @@ _PRESETS = {
                   methods=("full", "rank1", "group"), transforms=("group", "orthogonal"),
                   stitch_lr=1e-2),
     # A reduced reproduction on CIFAR-10 for a 2-core CPU.
-    "cpu": dict(dataset="cifar10", width=8, n_test=5000, models=3, pairs=3, repeats=2, finetune_epochs=1,
-                finetune_n_train=4000, stitch_epochs=1, stitch_n_train=6000, bn_images=2000,
+    "cpu": dict(dataset="cifar10", width=8, n_test=5000, models=3, pairs=3, repeats=2, finetune_epochs=2,
+                finetune_n_train=8000, stitch_epochs=1, stitch_n_train=6000, bn_images=2000,
                 train=dict(epochs=4, batch_size=64, lr=2e-3, n_train=20000), similarity_images=1000,
                 stitch_lr=5e-2, threads=1),
     # Appendix D's hyperparameters (a GPU is advised).

@@ -11,7 +11,10 @@ is fine-tuned; the rotation penalty is the test accuracy before minus after.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,6 +55,15 @@ def random_transform(kind: str, n: int, activation: str, rng: np.random.Generato
     raise ValueError(f"Argument 'kind' must be 'group', 'orthogonal' or 'identity', not {kind!r}.")
 
 
+def _write_partial(cfg: ExperimentConfig, rows: list) -> None:
+    """Rows finished so far, in ``out/partial_rows.json`` (a long run that is stopped keeps them)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".partial_rows.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, out / "partial_rows.json")
+
+
 def run_sanity(cfg: ExperimentConfig) -> dict:
     """Run the sanity experiment; returns the results dictionary (rows: layer, transform, penalty)."""
     t0 = time.time()
@@ -88,6 +100,7 @@ def run_sanity(cfg: ExperimentConfig) -> dict:
                      "transform": kind, "repeat": r, "model_seed": rec["seed"], "penalty": acc_before - acc_after,
                      "acc_before": acc_before, "acc_transformed": acc_transformed, "acc_after": acc_after,
                      "finetune_val_acc": info["val_acc"]})
+        _write_partial(cfg, rows)
     return {
         "experiment": "sanity",
         "config": cfg.to_json(),

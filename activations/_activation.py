@@ -167,10 +167,13 @@ def lambdify_numpy(expr: sympy.Expr, names=()):
 
     ``erf`` comes from scipy; piecewise parts vectorise through ``numpy.select``.
     """
-    import scipy.special
-
     syms = [x] + [sympy.Symbol(n, real=True) for n in names]
-    f = sympy.lambdify(syms, expr, modules=[{"erf": scipy.special.erf, "erfc": scipy.special.erfc}, "numpy"])
+    modules = ["numpy"]
+    if expr.has(sympy.erf, sympy.erfc):  # scipy.special is slow to import: only when needed
+        import scipy.special
+
+        modules = [{"erf": scipy.special.erf, "erfc": scipy.special.erfc}, "numpy"]
+    f = sympy.lambdify(syms, expr, modules=modules)
 
     def fn(arr, *params):
         arr = np.asarray(arr)

@@ -400,6 +400,8 @@ def _normalise(cond, syms):
     """``Ne(c*(p - v), 0)`` -> ``Ne(p, v)`` etc., when the condition has one parameter."""
     if isinstance(cond, (sympy.Ne, sympy.Eq)):
         e = sympy.factor_terms(cond.lhs - cond.rhs)
+        if e.is_Mul:  # drop factors that cannot vanish (constants, b**p with b != 0, exp(...))
+            e = sympy.Mul(*[f for f in e.args if not (f.is_nonzero or (f.is_Pow and f.base.is_nonzero and f.base.is_number))])
         params = [s for s in e.free_symbols if s != x]
         if len(params) == 1 and e.is_polynomial(params[0]):
             p = params[0]

@@ -49,7 +49,7 @@ def _parse_params(items):
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="groupcalc", description="Derive intertwiner groups of activation functions.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     g = sub.add_parser("group", help="derive G_sigma_n and phi_sigma for an activation or a formula")
@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _cli_check
 
     _cli_check.add_parser(sub)
-    for name in sorted(_plugins()):
-        sub.add_parser(name, help=f"(torch) run `groupcalc {name} --help`", add_help=False)
+    if with_plugins:
+        for name in sorted(_plugins()):
+            sub.add_parser(name, help=f"(torch) run `groupcalc {name} --help`", add_help=False)
     return p
 
 
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
             plugins = _plugins()
             if argv[0] in plugins:
                 return int(plugins[argv[0]].load()(argv[1:]) or 0)
-        args = build_parser().parse_args(argv)
+        args = build_parser(with_plugins=not argv or argv[0] not in CORE).parse_args(argv)
         if args.command is None:
             build_parser().print_help()
             return 2

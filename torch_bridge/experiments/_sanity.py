@@ -101,6 +101,7 @@ def run_sanity(cfg: ExperimentConfig) -> dict:
                      "acc_before": acc_before, "acc_transformed": acc_transformed, "acc_after": acc_after,
                      "finetune_val_acc": info["val_acc"]})
         _write_partial(cfg, rows)
+    (Path(cfg.out) / "partial_rows.json").unlink(missing_ok=True)  # results.json holds them now
     return {
         "experiment": "sanity",
         "config": cfg.to_json(),

@@ -102,7 +102,7 @@ def _leaves():
 def _leaves_for(_names):
     """(name, formula) of the catalogue entries at default parameters whose text the parser reads.
 
-    (selu's constants exceed the parser's limit on literals, and a bare ``x`` is skipped.)
+    (selu's constants exceed the parser's limit on literals, so selu is not a leaf.)
     """
     out = []
     for act in activations.catalogue():

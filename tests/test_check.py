@@ -267,3 +267,14 @@ def test_formula_text_round_trips_the_catalogue():
         back = activations.parse_formula(text)
         xs = np.linspace(-7, 7, 57)
         np.testing.assert_allclose(activations.lambdify_numpy(back)(xs), activations.lambdify_numpy(expr)(xs), rtol=1e-12, atol=1e-12)
+
+
+def test_wired_into_groupcalc_cli(capsys):
+    """`groupcalc check` through the package's own entry point (groupcalc.cli:main)."""
+    from groupcalc.cli import main
+
+    assert main(["check", "tanh", "--json", "--trials", "3", "--n", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] is True and data["group"]["negative_representative"] == -1.0
+    assert main(["check", "tanhh"]) == 2
+    assert "did you mean 'tanh'" in capsys.readouterr().err

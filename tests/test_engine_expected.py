@@ -294,7 +294,6 @@ _PARAMETRISED = [e for e in ENTRIES if _is_catalogue(e["activation"]) and activa
 #: covers the case, so the mark must then be removed.
 KNOWN_ENGINE_GAPS = {
     "hardtanh[min_val=0,max_val=6]": "derive('hardtanh') has no case covering min_val = 0 < 1 < max_val",
-    "polynomial[degree=1]": "derive('polynomial') has only the case degree*(degree-1) != 0; x**1 is linear",
 }
 
 

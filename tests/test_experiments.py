@@ -289,3 +289,38 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_tanh_group_stitch_ends_as_a_signed_permutation(tmp_path):
+    """For tanh the engine derives S = {1, -1}: the trained and rounded group stitch must be a
+    signed permutation matrix (one entry +-1 per row and column, zeros elsewhere)."""
+    from torch_bridge.experiments import stitch_constraint
+    from torch_bridge.experiments._setup import setup
+    from torch_bridge.experiments._stitch import Stitch, train_stitch
+
+    cfg = make_config("stitch", "smoke", activation="tanh", n_train=200, n_test=50, bn_images=100,
+                      cache_dir=str(tmp_path), progress=False)
+    ctx = setup(cfg)
+    torch.manual_seed(0)
+    a, b = (models.myrtle(width=3, activation="tanh", in_channels=1).eval() for _ in range(2))
+    for m in (a, b):
+        for p in m.parameters():
+            p.requires_grad_(False)
+    site = find_sites(a, torch.zeros(2, 1, 8, 8))[1]
+    seen = {}
+    original = Stitch.round
+
+    def spy(self):
+        original(self)
+        seen["M"] = self.matrix().detach()
+
+    Stitch.round = spy
+    try:
+        acc, info = train_stitch(a, b, site, "group", ctx, seed=0, constraint=stitch_constraint("tanh"))
+    finally:
+        Stitch.round = original
+    M = seen["M"]
+    assert set(M.abs().unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(M.abs().sum(0), torch.ones(site.channels))
+    assert torch.equal(M.abs().sum(1), torch.ones(site.channels))
+    assert 0 <= acc <= 1 and info["steps"] > 0

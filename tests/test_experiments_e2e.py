@@ -25,11 +25,13 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("zoo-cache")
 
 
-def _run(experiment, out, cache, *extra):
+def _run(experiment, out, cache, *extra, capsys=None):
     code = main([experiment, "--preset", "smoke", "--out", str(out), "--cache-dir", str(cache),
-                 "--no-progress", *extra])
+                 "--no-progress", "--json", *extra])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
+    if capsys is not None:  # --json prints the same document
+        assert json.loads(capsys.readouterr().out) == res
     assert res["experiment"] == experiment and res["config"]["preset"] == "smoke"
     keys = ROW_KEYS[experiment]
     assert res["rows"], "no rows"
@@ -65,8 +67,8 @@ def _check(res, experiment, n_layers):
 
 
 @pytest.mark.parametrize("experiment", ["stitch", "similarity", "sanity"])
-def test_smoke_digits(experiment, tmp_path, cache):
-    res = _run(experiment, tmp_path / experiment, cache)
+def test_smoke_digits(experiment, tmp_path, cache, capsys):
+    res = _run(experiment, tmp_path / experiment, cache, capsys=capsys)
     _check(res, experiment, 4)
     assert res["accuracy"]["test_acc_mean"] > 0.5  # well above chance (0.1) on digits
 

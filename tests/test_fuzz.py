@@ -142,6 +142,24 @@ def test_fuzzer_detects_a_planted_unsound_engine(monkeypatch):
         _assert_sound(records, TIMEOUT)
 
 
+#: Formulas on which the fuzzer found the engine failing, kept as regressions. Each is a
+#: strict xfail while the engine bug stands (so the fix is noticed: the test then fails
+#: with XPASS and the mark should be removed).
+REGRESSIONS = [
+    pytest.param(
+        "where((Max(0, x/(Abs(x) + 1))**2) > (0), Max(0, x/(Abs(x) + 1))**2, exp(Max(0, x/(Abs(x) + 1))**2) - 1)",
+        marks=pytest.mark.xfail(strict=True, reason="engine crash: TypeError 'Invalid comparison of non-real zoo' "
+                                                    "(_pieces.py substitutes an infinite point into a where-condition)"),
+        id="where-softsign-squared",
+    ),
+]
+
+
+@pytest.mark.parametrize("text", REGRESSIONS)
+def test_fuzzer_regressions(text):
+    _assert_sound([fuzz_one(text)], TIMEOUT)
+
+
 @pytest.mark.slow
 def test_fuzz_engine_is_sound_long():
     records = fuzz(200, seed=SEED + 1)

@@ -6,8 +6,8 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal failure.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="repeats of the sanity experiment")
     p.add_argument("--seed", type=int, help="first seed (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, help="torch CPU threads (smoke and cpu presets: 1)")
     p.add_argument("--out", default=None, help="output folder (default experiment-<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print results.json to stdout")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(
             args.experiment, args.preset, dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
             arch=args.arch, activation=args.activation, width=args.width, epochs=args.epochs, models=args.models,
-            pairs=args.pairs, repeats=args.repeats, seed=args.seed, device=args.device,
+            pairs=args.pairs, repeats=args.repeats, seed=args.seed, device=args.device, threads=args.threads,
             out=args.out or f"experiment-{args.experiment}", progress=False if args.no_progress else None)
         _validate(cfg)
     except _BadInput as e:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"groupcalc experiment: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     if args.json:
-        print((__import__("pathlib").Path(cfg.out) / "results.json").read_text())
+        print((Path(cfg.out) / "results.json").read_text())
     else:
         _print_summary(results, cfg)
     return 0

@@ -58,6 +58,7 @@ class ExperimentConfig:
     sinkhorn_iters: int = 16
     head_start: float = 0.5
     bn_images: int | None = None
+    eval_relaxed: bool = True  # also test the group stitch before Hungarian rounding
     # similarity
     similarity_images: int = 500
     measures: tuple = ("g_procrustes", "orthogonal_procrustes", "g_cka", "linear_cka")
@@ -67,6 +68,8 @@ class ExperimentConfig:
     def __post_init__(self):
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"Argument 'experiment' must be one of {EXPERIMENTS}, not {self.experiment!r}.")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"Argument 'threads' must be a positive integer, not {self.threads!r}.")
         for name in ("width", "models", "repeats", "pairs", "finetune_epochs", "stitch_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Argument '{name}' must be a positive integer, not {getattr(self, name)!r}.")
@@ -89,7 +92,7 @@ _PRESETS = {
     # Seconds to a couple of minutes on CPU, for tests.
     "smoke": dict(threads=1, width=8, models=2, pairs=1, repeats=1, finetune_epochs=1, stitch_epochs=1,
                   train=dict(epochs=6, batch_size=64, lr=3e-3), similarity_images=200, bn_images=500,
-                  methods=("full", "rank1", "group"), transforms=("group", "orthogonal"),
+                  methods=("full", "rank1", "group"), transforms=("group", "orthogonal"), eval_relaxed=False,
                   stitch_lr=1e-2),
     # A reduced reproduction on CIFAR-10 for a 2-core CPU.
     "cpu": dict(dataset="cifar10", width=8, n_test=5000, models=3, pairs=3, repeats=2, finetune_epochs=2,

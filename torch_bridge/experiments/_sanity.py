@@ -31,10 +31,7 @@ def engine_group(activation: str):
     """The intertwiner group object the engine derives for ``activation``."""
     import groupcalc
 
-    make = getattr(groupcalc, "group", None)
-    if make is None:  # groupcalc not yet re-exporting its group constructor
-        from groupcalc._groups import group as make
-    return make(activation)
+    return groupcalc.group(activation)
 
 
 def random_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:

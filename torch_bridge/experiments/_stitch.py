@@ -265,7 +265,7 @@ def train_stitch(front: nn.Module, back: nn.Module, site: Site, method: str, ctx
             m.eval()
         relaxed_acc = None
         if stitch.kind == "group":
-            relaxed_acc = _accuracy(stitched, ctx) if cfg.preset != "smoke" else None
+            relaxed_acc = _accuracy(stitched, ctx) if cfg.eval_relaxed else None
             stitch.round()
         _reestimate_bn(stitched, norms, ctx, cfg.bn_images)
         acc = _accuracy(stitched, ctx)

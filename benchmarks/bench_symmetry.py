@@ -18,21 +18,10 @@ import time
 import torch
 from torch import nn
 
-from torch_bridge.models import resnet18, resnet20
+from torch_bridge.models import randomize_batchnorm, resnet18, resnet20
 from torch_bridge.symmetry import align, canonicalize, symmetry_spec, verify_equivalence
 
 
-def randomize_bn(net, seed):
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(torch.randn(n, generator=g))
-                m.bias.copy_(torch.randn(n, generator=g))
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return net.eval()
 
 
 def timed(fn):
@@ -43,8 +32,8 @@ def timed(fn):
 
 def bench(name, build, device, batch):
     torch.manual_seed(0)
-    a = randomize_bn(build(), 0).to(device)
-    b = randomize_bn(build(), 1).to(device)
+    a = randomize_batchnorm(build(), 0, mean_scale=0.1).to(device)
+    b = randomize_batchnorm(build(), 1, mean_scale=0.1).to(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
     row = {"model": name, "parameters": sum(p.numel() for p in a.parameters())}
     spec, row["spec_s"] = timed(lambda: symmetry_spec(a, x))

@@ -33,13 +33,6 @@ from torch_bridge.experiments._cli import main  # noqa: E402
 from torch_bridge.experiments._sites import capture_site, channel_map, site_hook  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # --------------------------------------------------------------------------- data

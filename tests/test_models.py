@@ -12,12 +12,6 @@ import activations
 from torch_bridge.models import CatalogueActivation, make_activation, mlp, myrtle, resnet18, resnet20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def n_params(net):

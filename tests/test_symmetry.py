@@ -16,34 +16,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import activations
-from torch_bridge.models import CatalogueActivation, mlp, myrtle, resnet18, resnet20
+from torch_bridge.models import randomize_batchnorm, CatalogueActivation, mlp, myrtle, resnet18, resnet20
 from torch_bridge.symmetry import (ActivationRef, SymmetryElement, SymmetrySpecError, function_activation, module_activation,
                                    symmetry_spec, verify_equivalence)
 
 DIGITS = (5, 1, 8, 8)  # scikit-learn digits-shaped input
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-def randomize_bn(net, seed=0):
-    """Non-trivial batch-norm parameters and running statistics (fresh ones are 1/0)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(torch.randn(n, generator=g))
-                m.bias.copy_(torch.randn(n, generator=g))
-                m.running_mean.copy_(torch.randn(n, generator=g))
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return net
 
 
 def max_param_change(a, b):
@@ -238,7 +219,7 @@ OTHER_ACTIVATIONS = [a.name for a in activations.catalogue() if not a.torch_name
 
 
 def check_action(net, seed=0, timeout=5.0):
-    net = randomize_bn(net.double(), seed).eval()
+    net = randomize_batchnorm(net.double(), seed).eval()
     x = torch.randn(DIGITS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     spec = symmetry_spec(net, x, timeout=timeout)
@@ -267,7 +248,7 @@ def test_catalogue_activations_without_torch_module(act):
 
 
 def test_float32_model_keeps_dtype_and_equivalence():
-    net = randomize_bn(resnet20(width=2, in_channels=1)).eval()
+    net = randomize_batchnorm(resnet20(width=2, in_channels=1)).eval()
     x = torch.randn(DIGITS)
     spec = symmetry_spec(net, x)
     moved = spec.act(spec.sample(torch.Generator().manual_seed(3)), net)
@@ -279,7 +260,7 @@ def test_float32_model_keeps_dtype_and_equivalence():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_models():
-    net = randomize_bn(resnet20(width=2, in_channels=1)).cuda().eval()
+    net = randomize_batchnorm(resnet20(width=2, in_channels=1)).cuda().eval()
     x = torch.randn(DIGITS, device="cuda")
     spec = symmetry_spec(net, x)
     moved = spec.act(spec.sample(), net)
@@ -290,7 +271,7 @@ def test_cuda_models():
 def test_batch_norm_statistics_follow_eq_E47():
     # conv -> bn -> relu: scale the bn input by s (any sign) and the output by t > 0.
     net = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4, 2)).double()
-    randomize_bn(net)
+    randomize_batchnorm(net)
     net.eval()
     x = torch.randn(4, 1, 2, 2, dtype=torch.float64)
     spec = symmetry_spec(net, x)
@@ -334,7 +315,7 @@ _LAWS = {}
 
 def _resnet_for_laws():
     if not _LAWS:
-        net = randomize_bn(resnet20(width=2, activation="leaky_relu", in_channels=1).double()).eval()
+        net = randomize_batchnorm(resnet20(width=2, activation="leaky_relu", in_channels=1).double()).eval()
         x = torch.randn(DIGITS, dtype=torch.float64)
         _LAWS["v"] = (net, x, symmetry_spec(net, x))
     return _LAWS["v"]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from torch_bridge.models import mlp, myrtle, resnet18, resnet20
+from torch_bridge.models import randomize_batchnorm, mlp, myrtle, resnet18, resnet20
 from torch_bridge.symmetry import symmetry_spec, verify_equivalence
 from torch_bridge.symmetry._align import align, weight_distance
 from torch_bridge.symmetry._canonical import canonicalize
@@ -17,25 +17,8 @@ from torch_bridge.symmetry._canonical import canonicalize
 DIGITS = (6, 1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-def randomize_bn(net, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(torch.randn(n, generator=g))
-                m.bias.copy_(torch.randn(n, generator=g))
-                m.running_mean.copy_(torch.randn(n, generator=g))
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return net.eval()
 
 
 def assert_same_weights(a, b, tol):
@@ -68,7 +51,7 @@ _SPECS: dict = {}
 
 def setup(name, seed=0):
     torch.manual_seed(seed)
-    net = randomize_bn(BUILDERS[name]().double(), seed)
+    net = randomize_batchnorm(BUILDERS[name]().double(), seed)
     x = torch.randn(DIGITS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     if name not in _SPECS:
         _SPECS[name] = symmetry_spec(net, x)

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CatalogueActivation", "make_activation", "myrtle", "resnet20", "resnet18", "mlp", "BasicBlock", "ChannelPadShortcut"]
+__all__ = ["CatalogueActivation", "make_activation", "myrtle", "resnet20", "resnet18", "mlp", "BasicBlock", "ChannelPadShortcut",
+           "randomize_batchnorm"]
 
 
 # Activation modules ---------------------------------------------------------------------------
@@ -380,3 +381,22 @@ def mlp(sizes, activation="relu", bias: bool = True) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(make_activation(activation))
     return nn.Sequential(*layers)
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0, mean_scale: float = 1.0) -> nn.Module:
+    """Give every batch norm random affine parameters and running statistics, in place.
+
+    Fresh batch norms (weight 1, bias 0, mean 0, variance 1) hide errors in how a symmetry
+    acts on them; checks of equivalence should run on randomised ones. Returns ``model`` in
+    eval mode.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(n, generator=g))
+                m.bias.copy_(torch.randn(n, generator=g))
+                m.running_mean.copy_(torch.randn(n, generator=g) * mean_scale)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model.eval()

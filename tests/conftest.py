@@ -1,0 +1,20 @@
+"""Shared test configuration."""
+
+import sys
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tests use small tensors: on a shared 2-core machine extra intra-op threads only add
+    contention. Acts only where the test module has already imported torch (the core tests
+    must not import it)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

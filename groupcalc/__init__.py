@@ -9,8 +9,9 @@ The engine (:func:`derive`) returns immutable results (:class:`Derivation`, :cla
 'P D: P a permutation, D diagonal with entries in (0, oo)'
 """
 
+from ._check import CheckReport, ScalingSearch, check, search_scalings
 from ._derive import derive, resolve
 from ._groups import IntertwinerGroup, group
 from ._result import Case, Derivation, GroupCalcError, Scalings, a
 
-__all__ = ["derive", "resolve", "group", "IntertwinerGroup", "Case", "Derivation", "GroupCalcError", "Scalings", "a"]
+__all__ = ["derive", "resolve", "group", "check", "search_scalings", "CheckReport", "ScalingSearch", "IntertwinerGroup", "Case", "Derivation", "GroupCalcError", "Scalings", "a"]

@@ -403,18 +403,27 @@ def _hypotheses(p: Pieces, oracle, out: Analysis):
             jumps.append(t)
     hyp.append(("continuous", not jumps, f"jumps at {list(map(_fmt, jumps))}" if jumps else "no jumps at the break points"))
     all_flat = out.cls == "nonlinear" and all(oracle.identically_zero(diff(e, x), lo, hi) for lo, hi, e in p.intervals())
+    if out.cls == "nonlinear" and p.breaks and not all_flat:
+        # sigma' may still be one constant wherever it exists (x + Heaviside(x)): then the
+        # proof of Theorem E.14 (sigma' non-constant) does not apply either
+        slopes = [sympy.simplify(diff(e, x)) for _, _, e in p.intervals()]
+        const = all(x not in sl.free_symbols for sl in slopes)
+        if const and all(oracle.is_zero(sl - slopes[0]) for sl in slopes[1:]):
+            hyp[1] = ("non-linear (sigma' not constant)", False,
+                      f"sigma' = {_fmt(slopes[0])} wherever it exists (sigma jumps at break points but is affine between them)")
     hyp.append(("sigma' not identically zero where it exists", not all_flat,
                 "sigma is locally constant off the break points: the proof of Theorem E.14 needs a point with sigma'(x) != 0"
                 if all_flat else "sigma' is non-zero somewhere"))
     out.hypotheses = hyp
     if out.cls == "nonlinear":
-        out.e14_applies = not all_flat
+        out.e14_applies = not all_flat and hyp[1][1]
         if out.e14_applies:
             out.step("Theorem E.14 applies (sigma non-constant, sigma' not constant and not identically zero, analytic off finitely many "
                      "points): every A ∈ G_sigma_n is P D with D diagonal, the diagonal entries lie in S = G_sigma_1, and "
                      "phi(P D) = P diag(phi(d_1), ..., phi(d_n)). Conversely every such P D is in G_sigma_n (Lemma E.10 and "
                      "coordinatewise scaling).")
         else:
-            out.step("Theorem E.14 does not apply: sigma' vanishes wherever it exists, and the step 'some x has sigma'(x) != 0' "
-                     "of its proof fails. Established: G_sigma_n contains every P D with D diagonal with entries in S.")
+            out.step("Theorem E.14 does not apply: sigma' is constant (or zero) wherever it exists, so the step of its proof "
+                     "that needs sigma' non-constant fails. Established: G_sigma_n contains every P D with D diagonal with "
+                     "entries in S.")
 

@@ -441,8 +441,9 @@ class IntertwinerGroup:
         element of S to ``M_ij`` (:meth:`project_scalings`). A linear assignment
         (``scipy.optimize.linear_sum_assignment``) over the cost
         ``(proj(M_ij) - M_ij)^2 - M_ij^2`` then picks the permutation, so the result is an
-        exact Frobenius minimiser over the group (up to the ``min_scale`` clip where S+ is not
-        closed). general_linear / constant: ``M`` with its singular values raised to at least
+        exact Frobenius minimiser over the group, except where the infimum is not attained
+        (S+ = (0, oo) or g^Z, a non-positive M_ij and no negative scalings): there the scale is
+        the smallest element of S+ at least ``min_scale * max|M|``. general_linear / constant: ``M`` with its singular values raised to at least
         ``min_scale`` times the largest. affine: the orthogonal projection onto row sums 1.
         """
         M = _as_matrix(M, "M")
@@ -454,7 +455,7 @@ class IntertwinerGroup:
 
             Mf = M.astype(float)
             scale = max(float(np.max(np.abs(Mf))), 1e-300)
-            proj = self.project_scalings(Mf, min_scale=min_scale * scale if self.positive_scalings == "all" else min_scale)
+            proj = self.project_scalings(Mf, min_scale=min_scale * scale)
             cost = (proj - Mf) ** 2 - Mf**2
             rows, cols = linear_sum_assignment(cost)
             out = np.zeros_like(M)

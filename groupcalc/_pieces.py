@@ -215,7 +215,7 @@ def _relational_roots(rel, oracle: Oracle):
     roots = sympy.solveset(d, x, sympy.S.Reals)
     if not isinstance(roots, sympy.FiniteSet):
         raise GroupCalcError(f"cannot find where condition {rel} changes")
-    return list(roots)
+    return [r for r in roots if r.is_real and r.is_finite]
 
 
 def pieces(expr, oracle: Oracle) -> Pieces:
@@ -246,9 +246,12 @@ def pieces(expr, oracle: Oracle) -> Pieces:
 
     def branch(point):
         for e, cond in pw.args:
-            c = cond.subs(x, point)
-            c = c.subs(oracle.reference) if oracle.reference else c
-            c = sympy.simplify(c) if c not in (True, False, sympy.true, sympy.false) else c
+            try:
+                c = cond.subs(x, point)
+                c = c.subs(oracle.reference) if oracle.reference else c
+                c = sympy.simplify(c) if c not in (True, False, sympy.true, sympy.false) else c
+            except TypeError:  # sympy refuses comparisons it cannot decide
+                raise GroupCalcError(f"cannot decide the condition {cond} at x = {point}") from None
             if c in (True, sympy.true):
                 return e
             if c not in (False, sympy.false):

@@ -146,10 +146,9 @@ def test_fuzzer_detects_a_planted_unsound_engine(monkeypatch):
 #: strict xfail while the engine bug stands (so the fix is noticed: the test then fails
 #: with XPASS and the mark should be removed).
 REGRESSIONS = [
+    # was a TypeError crash (an infinite root substituted into a where-condition); now refused cleanly
     pytest.param(
         "where((Max(0, x/(Abs(x) + 1))**2) > (0), Max(0, x/(Abs(x) + 1))**2, exp(Max(0, x/(Abs(x) + 1))**2) - 1)",
-        marks=pytest.mark.xfail(strict=True, reason="engine crash: TypeError 'Invalid comparison of non-real zoo' "
-                                                    "(_pieces.py substitutes an infinite point into a where-condition)"),
         id="where-softsign-squared",
     ),
 ]

@@ -205,7 +205,9 @@ def _brute_nearest(G, M):
     if s.positive == "trivial":
         cand = [1.0]
     elif s.positive == "discrete":
-        cand = [float(s.generator) ** k for k in range(-40, 41)]
+        # the documented floor where the infimum is not attained: min_scale = 1e-6 * max|M|
+        floor = 1e-6 * max(np.abs(M).max(), 1e-300)
+        cand = [float(s.generator) ** k for k in range(-60, 61) if float(s.generator) ** k >= floor * (1 - 1e-12)]
     else:
         cand = None
     best, best_cost = None, math.inf
@@ -214,7 +216,10 @@ def _brute_nearest(G, M):
         for j, i in enumerate(perm):
             m = M[i, j]
             if cand is None:  # S+ = (0, oo): 1-d convex problem, solved by a dense search
-                grid = np.concatenate([np.geomspace(1e-6, 100, 20001)] + ([-np.geomspace(1e-6, 100, 20001)] if s.negative is not None else []))
+                # from the documented floor (min_scale = 1e-6 relative to max|M|) where the
+                # infimum is not attained
+                floor = 1e-6 * max(np.abs(M).max(), 1e-300)
+                grid = np.concatenate([[floor], np.geomspace(floor, 100, 20001)] + ([-np.geomspace(floor, 100, 20001)] if s.negative is not None else []))
             else:
                 grid = np.array(cand + ([float(s.negative) * c for c in cand] if s.negative is not None else []))
             A[i, j] = grid[np.argmin((grid - m) ** 2)]

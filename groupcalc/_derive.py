@@ -26,8 +26,6 @@ from ._result import Case, Derivation, GroupCalcError, Scalings, a
 
 #: Default time budget of :func:`derive`, in seconds.
 DEFAULT_TIMEOUT = 5.0
-#: How deep special values are substituted (two parameters fixed at once at most).
-MAX_DEPTH = 2
 #: Tolerance of the numeric check of claimed elements (relative).
 CHECK_TOL = 1e-8
 
@@ -425,11 +423,6 @@ def _normalise(cond, syms):
             except Exception:  # noqa: BLE001
                 return cond
     return cond
-
-
-def _simplify_conds(conds):
-    c = sympy.And(*conds)
-    return c
 
 
 def _or(c1, c2):

@@ -54,7 +54,6 @@ class Analysis:
     hypotheses: list = field(default_factory=list)
     numeric: list = field(default_factory=list)  # steps settled only numerically
     e14_applies: bool = True
-    extra_conditions: list = field(default_factory=list)
 
     def step(self, text):
         self.certificate.append(text)

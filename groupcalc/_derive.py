@@ -145,7 +145,7 @@ def derive(activation, params: dict | None = None, *, timeout: float | None = DE
     explorer = _Explorer(free, syms, domain, time.monotonic() + (timeout if timeout else 1e9))
     try:
         with _time_limit(timeout):
-            root = explorer.explore(expr, [], reference, 0)
+            root = explorer.explore(expr, [], reference)
     except _Timeout:
         root = explorer.partial_root(expr, reference)
     except RecursionError:
@@ -228,7 +228,7 @@ class _Explorer:
         self.nodes.append(node)
         return node
 
-    def explore(self, expr, fixed, reference, depth) -> _Node:
+    def explore(self, expr, fixed, reference) -> _Node:
         root = self.run(_Node(fixed, Analysis(), expr, reference))
         if not self.free:
             return root

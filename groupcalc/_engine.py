@@ -272,8 +272,7 @@ def _witness_point(p: Pieces, oracle):
         trial = Oracle(oracle.reference)
         try:
             if not trial.is_zero(evaluate(p, x0, trial)):
-                evaluate(p, x0, oracle)
-                oracle.is_zero(evaluate(p, x0, oracle))
+                oracle.is_zero(evaluate(p, x0, oracle))  # record the same conditions in the real oracle
                 return x0
         except Undecided:
             continue

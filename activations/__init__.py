@@ -7,10 +7,10 @@ Max(0, x)
 
 from ._activation import Activation, Parameter, lambdify_numpy, x
 from ._catalogue import catalogue, get, names, register, unregister
-from ._parse import FUNCTIONS, FormulaError, parse_formula
+from ._parse import FUNCTIONS, FormulaError, parse_condition, parse_formula
 
 __all__ = [
     "Activation", "Parameter", "x", "lambdify_numpy",
     "catalogue", "get", "names", "register", "unregister",
-    "parse_formula", "FormulaError", "FUNCTIONS",
+    "parse_formula", "parse_condition", "FormulaError", "FUNCTIONS",
 ]

@@ -147,6 +147,7 @@ def register(name: str, formula, parameters=(), *, reference: str = "user-define
     >>> a = register("my_act", "x * sigmoid(2*x)", replace=True)
     >>> a.expr
     x/(1 + exp(-2*x))
+    >>> _ = _REGISTRY.pop("my_act")  # leave the catalogue as it was (tests iterate over it)
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"Argument 'name' must be an identifier, not {name!r}.")

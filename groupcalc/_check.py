@@ -212,7 +212,7 @@ class ScalingSearch:
         odd = bool(at_neg and at_neg[0] < 0)
         if neg is None or (power.is_integer and bool(power % 2 == (1 if odd else 0))):
             phi = a**power  # the same function on S, written plainly
-        return IntertwinerGroup("monomial", Scalings(self.positive, gen, neg, phi), label)
+        return IntertwinerGroup("monomial", Scalings(self.positive, gen, neg, phi), label, "verified-numerically")
 
     def to_json(self) -> dict:
         return {
@@ -474,6 +474,7 @@ class CheckReport:
             "activation": self.activation,
             "parameters": {k: v for k, v in self.parameters},
             "group": {
+                "status": self.group.status,
                 "kind": self.group.kind,
                 "description": self.group.describe(),
                 "repr": repr(self.group),
@@ -500,7 +501,7 @@ class CheckReport:
     def describe(self) -> str:
         lines = [
             f"activation   {self.activation}" + (f"  ({', '.join(f'{k}={v}' for k, v in self.parameters)})" if self.parameters else ""),
-            f"group        {self.group.describe()}",
+            f"group        {self.group.describe()}   [engine status: {self.group.status}]",
             f"claimed      max residual {self.max_residual:.3g} over {self.trials} sampled elements of G_{self.n}; "
             f"{self.max_scalar_residual:.3g} over {len(self.claimed_scalings)} scalings in S (tolerance {self.tolerance:g})",
         ]

@@ -52,7 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_positive_int, default=20, help="number of sampled elements (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--tol", type=float, default=None, help="tolerance on relative residuals (default 1e-6)")
-    p.add_argument("--timeout", type=float, default=5.0, help="engine timeout in seconds (default 5)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="engine wall-clock guard in seconds (default: the engine's, 120)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(func=run)
     return p

@@ -15,15 +15,18 @@ The steps, each recorded in the certificate:
      impose nothing); if it holds, S contains all of (0, oo) with phi(a) = a^lambda;
    * otherwise Taylor matching at 0 on a side where the piece is analytic:
      c_k a^k = b c_k for every k, so two non-zero coefficients c_j, c_k force a^(k-j) = 1;
-   * otherwise (no analytic side at 0) a numeric scan solves
-     a sigma'(a x) sigma(x) = sigma(a x) sigma'(x) for a and every candidate is checked
-     symbolically; the answer is then only verified numerically.
+   * otherwise, when sigma(±e^t) = C e^(lam t) R(e^(i w t)) on each side (R rational), the
+     exact root-of-unity argument of :mod:`._logperiodic` (generator and minimality proved);
+   * otherwise a numeric scan of log a in (0, 40]; a candidate counts only when an exact
+     number for it passes the symbolic identity, and the answer is then only verified
+     numerically (unknown when no exact number explains a numeric candidate).
 4. Negative part: S ∩ (-oo, 0) is empty or a coset a0 S+, and a0^2 ∈ S+; so it suffices to
    test the parity sigma(-x) = c sigma(x) (c = ±1 necessarily) and, for discrete S+ = g^Z,
    the element -sqrt(g).
 5. sigma(I_n) (Lemma E.7 by eigenvalues: sigma(1) + (n-1) sigma(0) once and
    sigma(1) - sigma(0) with multiplicity n - 1).
-6. The hypotheses of Theorem E.14.
+6. The hypotheses of Theorem E.14, continuity judged by one-sided limits; for a discontinuous
+   sigma the discontinuity argument (docs/theory.md §2) gives the P D form instead.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ from sympy import Abs, diff
 
 from activations import x
 
+from . import _logperiodic as lp
+from ._limits import side_limit, taylor_coefficients
 from ._pieces import Oracle, Pieces, Undecided, evaluate, merge_spurious, pieces
 from ._result import GroupCalcError, Scalings, a
+from ._scan import numeric_positive
 
 _A = sympy.Symbol("A", positive=True)
 #: Highest Taylor order examined in the Taylor-matching step.
@@ -53,6 +59,8 @@ class Analysis:
     certificate: list = field(default_factory=list)
     hypotheses: list = field(default_factory=list)
     numeric: list = field(default_factory=list)  # steps settled only numerically
+    open_steps: list = field(default_factory=list)  # steps left undecided: S is then only a lower bound
+    logforms: tuple | None = None  # (x > 0 side, x < 0 side, sigma(0)) when sigma is log-periodic
     e14_applies: bool = True
 
     def step(self, text):
@@ -63,9 +71,10 @@ def _fmt(e):
     return sympy.sstr(e)
 
 
-def analyse(expr, oracle: Oracle) -> Analysis:
-    """Derive class, S and phi for ``expr`` (see the module docstring)."""
-    out = Analysis()
+def analyse(expr, oracle: Oracle, out: Analysis | None = None) -> Analysis:
+    """Derive class, S and phi for ``expr`` (see the module docstring). Steps are written
+    into ``out`` as they are established, so a derivation stopped by its budget keeps them."""
+    out = Analysis() if out is None else out
     raw = pieces(expr, oracle)
     p = merge_spurious(raw, oracle)
     if p.breaks:
@@ -74,7 +83,8 @@ def analyse(expr, oracle: Oracle) -> Analysis:
         out.step(f"Normal form: sigma is analytic on each interval between the break points {list(map(_fmt, p.breaks))}: {desc}; "
                  f"values at the break points {list(map(_fmt, p.values))}.")
     else:
-        out.step(f"Normal form: sigma(x) = {_fmt(p.exprs[0])}, one analytic expression on R.")
+        ext = "".join(f" (at x = {_fmt(t)} by its analytic extension, with value {_fmt(v)} = the limit there)" for t, v in p.removable)
+        out.step(f"Normal form: sigma(x) = {_fmt(p.exprs[0])}, one analytic expression on R{ext}.")
     _classify(p, oracle, out)
     if out.cls == "nonlinear":
         _positive_part(p, expr, oracle, out)
@@ -99,7 +109,9 @@ def _classify(p: Pieces, oracle, out: Analysis):
         return
     d2 = diff(f, x, 2)
     if oracle.identically_zero(d2):
-        c, d = sympy.simplify(d1.subs(x, 0)), sympy.simplify(f.subs(x, 0))
+        c, d = sympy.simplify(d1.subs(x, 0)), sympy.simplify(evaluate(p, sympy.Integer(0), oracle))
+        if c.has(sympy.nan, sympy.zoo):  # 0 is a removable point of the expression: sigma' is constant anyway
+            c = sympy.simplify(sympy.cancel(d1))
         if oracle.is_zero(d):
             out.cls = "linear"
             out.scalings = Scalings("all", None, sympy.Integer(-1), a)
@@ -114,7 +126,9 @@ def _classify(p: Pieces, oracle, out: Analysis):
                      "(every row sums to 1), phi(A) = A; for n = 1 this is {1}.")
         return
     out.cls = "nonlinear"
-    out.step(f"Class: nonlinear — sigma''(x) = {_fmt(sympy.simplify(d2))} is not identically zero.")
+    # d2 as computed, not simplified: simplify is for display only here and takes seconds on
+    # tanh of a cubic (gelu_tanh), time that the work budget cannot see
+    out.step(f"Class: nonlinear — sigma''(x) = {_fmt(d2)} is not identically zero.")
 
 
 # -- step 3 ------------------------------------------------------------------------------
@@ -135,7 +149,7 @@ def _positive_part(p: Pieces, expr, oracle, out: Analysis):
         out.scalings = Scalings("trivial", None, None, a)
         return
     sides = _sides(p)
-    v0 = p.values[0] if p.breaks else p.exprs[0].subs(x, 0)
+    v0 = p.values[0] if p.breaks else evaluate(p, sympy.Integer(0), oracle)
     # infinitesimal positive homogeneity x sigma'(x) = lambda sigma(x) on each side
     lams, homogeneous = [], True
     for g, lo, hi, sgn in sides:
@@ -181,11 +195,16 @@ def _positive_part(p: Pieces, expr, oracle, out: Analysis):
             continue
         coeffs = []
         dk = g
+        # at a removable point (sin(x)/x) the coefficients are those of the analytic extension
+        series = None if not _at(g, 0).has(sympy.nan) else taylor_coefficients(g, TAYLOR_ORDER, oracle)
         try:
             for k in range(TAYLOR_ORDER + 1):
-                if k:
-                    dk = diff(dk, x)
-                ck = dk.subs(x, 0) / sympy.factorial(k)
+                if series is not None:
+                    ck = series[k]
+                else:
+                    if k:
+                        dk = diff(dk, x)
+                    ck = dk.subs(x, 0) / sympy.factorial(k)
                 if ck.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
                     raise Undecided("not analytic at 0")
                 coeffs.append(ck)
@@ -201,62 +220,69 @@ def _positive_part(p: Pieces, expr, oracle, out: Analysis):
                     return
         except Undecided:
             continue
-    _numeric_positive(expr, oracle, out)
+    if _logperiodic_positive(p, oracle, out):
+        return
+    numeric_positive(expr, oracle, out)
 
 
-def _numeric_positive(expr, oracle, out: Analysis):
-    """Last resort: scan a in (1, 64] for roots of a sigma'(a x) sigma(x) - sigma(a x) sigma'(x)."""
-    import numpy as np
+def _at(e, t):
+    """e at x = t by substitution (nan when that gives no finite number)."""
+    from ._limits import plain_value
 
-    from activations import lambdify_numpy
+    v = plain_value(e, t)
+    return sympy.nan if v is None else v
 
-    from scipy.optimize import minimize_scalar
 
-    f = lambdify_numpy(oracle.at_reference(expr))
-    xs = np.array([0.37, 1.13, 2.71, -0.83, 3.9, 0.061, -2.2])
-    s = f(xs)
-    ok = np.abs(s) > 1e-9
-    xs, s = xs[ok], s[ok]
-
-    def spread(log_a):  # relative spread of sigma(a x) / sigma(x) over the sample points
-        r = f(np.exp(log_a) * xs) / s
-        return float((np.max(r) - np.min(r)) / (1 + np.max(np.abs(r))))
-
-    logs = np.linspace(np.log(1.0005), np.log(64.0), 20000)
-    r = f(np.exp(logs)[:, None] * xs[None, :]) / s[None, :]
-    vals = (np.max(r, axis=1) - np.min(r, axis=1)) / (1 + np.max(np.abs(r), axis=1))
-    minima = [i for i in range(1, len(logs) - 1) if vals[i] <= vals[i - 1] and vals[i] <= vals[i + 1] and vals[i] < 1e-2]
-    cand = []
-    for i in minima:
-        res = minimize_scalar(spread, bounds=(logs[i - 1], logs[i + 1]), method="bounded", options={"xatol": 1e-13})
-        if res.fun < 1e-6:  # the symbolic check below decides
-            cand.append(float(np.exp(res.x)))
-    for g_num in cand:
-        g = sympy.nsimplify(g_num, [sympy.E, sympy.pi], tolerance=1e-5)
-        if g <= 1:
+def _logperiodic_positive(p: Pieces, oracle, out: Analysis) -> bool:
+    """S ∩ (0, oo) exactly when sigma(±e^t) = C e^(lam t) R(e^(i w t)) on both sides (see
+    :mod:`._logperiodic`); False when sigma has no such form."""
+    if any(not oracle.is_zero(t) for t in p.breaks):
+        return False
+    forms = {}
+    for g, lo, hi, sgn in _sides(p):
+        if oracle.identically_zero(g, lo, hi):
+            forms[sgn] = None
             continue
         try:
-            x0 = sympy.Rational(113, 100)
-            b0 = sympy.nsimplify(oracle.value(expr.subs(x, g * x0) / expr.subs(x, x0), 30), [sympy.E, sympy.pi], tolerance=1e-20)
-            if _identity_holds(expr.subs(x, g * x) - b0 * expr, oracle):
-                out.numeric.append(f"generator {g} found by a numeric scan over (1, 64]; minimality checked numerically")
-                out.step(f"Positive scalings: no analytic side at 0; a numeric scan of a sigma'(a x) sigma(x) = sigma(a x) sigma'(x) "
-                         f"over a in (1, 64] finds a = {_fmt(g)} first, and sigma({_fmt(g)} x) = {_fmt(b0)} sigma(x) is checked. "
-                         f"S ∩ (0, oo) = {{{_fmt(g)}^k}} (minimality of the generator only numerically).")
-                mu = sympy.nsimplify(sympy.log(b0) / sympy.log(g)) if b0 > 0 else None
-                if b0 > 0:
-                    phi = a**mu if mu.is_Rational else b0 ** (sympy.log(a) / sympy.log(g))
-                else:  # phi(g^k) = b0^k = (-1)^k |b0|^k, written real-valued on S
-                    mu = sympy.nsimplify(sympy.log(-b0) / sympy.log(g))
-                    phi = sympy.cos(sympy.pi * sympy.log(a) / sympy.log(g)) * a**mu
-                out.scalings = Scalings("discrete", g, None, phi)
-                return
-        except Undecided:
-            continue
-    out.numeric.append("no positive scaling other than 1 found by a numeric scan of (1/64, 64)")
-    out.step("Positive scalings: no analytic side at 0 and no homogeneity; a numeric scan of (1/64, 64) finds no scaling "
-             "other than 1. S ∩ (0, oo) = {1} (established numerically only).")
-    out.scalings = Scalings("trivial", None, None, a)
+            f = lp.side_form(g, sgn, oracle)
+        except (sympy.PolynomialError, ValueError, TypeError, NotImplementedError, ZeroDivisionError, AttributeError):
+            f = None  # sympy could not bring the piece to the form: not log-periodic as far as we can tell
+        if f is None:
+            return False
+        forms[sgn] = f
+    present = [f for f in forms.values() if f is not None]
+    if not present:
+        return False
+    v0 = evaluate(p, sympy.Integer(0), oracle)
+    res = lp.positive_part(present, v0, oracle)
+    if res is None:
+        return False
+    out.logforms = (forms.get(1), forms.get(-1), v0)
+    sides = "; ".join(f.describe() for f in present)
+    head = (f"Positive scalings: in log coordinates {sides}. For a = e^s > 0, sigma(a x) = b sigma(x) on a side is the "
+            "shift identity P(t + s) = b e^(-lam s) P(t), i.e. R(e^(i w s) z) = c R(z) for rational functions: with R = z^k N/D "
+            "in lowest terms this holds exactly when e^(i w s) is an m-th root of unity, m the gcd of the exponents of N and D "
+            "(docs/theory.md §10). Both sides together: ")
+    if res.kind == "trivial":
+        out.step(head + res.reason + ". S ∩ (0, oo) = {1}.")
+        out.scalings = Scalings("trivial", None, None, a)
+        return True
+    if res.kind == "all":
+        out.step(head + res.reason + f". S ⊇ (0, oo) with phi(a) = a^({_fmt(res.lam)}).")
+        out.scalings = Scalings("all", None, None, a**res.lam)
+        return True
+    L, lam, eps = res.log_generator, res.lam, res.eps
+    g = sympy.simplify(sympy.exp(L))
+    b0 = sympy.simplify(eps * sympy.exp(lam * L))
+    for f in present:  # the generator's identity itself, once more, on every side
+        if not lp.shift_identity(f, f, L, b0, oracle):
+            raise Undecided(f"internal: the shift identity for the generator {g} failed")
+    phi = a**lam if eps == 1 else a**lam * sympy.cos(sympy.pi * sympy.log(a) / L)
+    out.step(head + res.reason + f". So S ∩ (0, oo) = {{{_fmt(g)}^k : k in Z}}, generated by g = e^({_fmt(L)}) = {_fmt(g)}, with "
+             f"sigma(g x) = ({_fmt(b0)}) sigma(x) (an exact identity on both sides) and phi(a) = {_fmt(phi)} on it; "
+             "no smaller a > 1 works, by the root-of-unity argument.")
+    out.scalings = Scalings("discrete", g, None, phi)
+    return True
 
 
 # -- step 4 ------------------------------------------------------------------------------
@@ -288,7 +314,41 @@ def _identity_holds(lhs, oracle) -> bool:
     return all(oracle.is_zero(v) for v in q.values)
 
 
+def _logperiodic_negative(oracle, out: Analysis):
+    """The negative part from the side forms: a = -e^s with s = 0 (a = -1) and, for S+ = g^Z,
+    s = log(g)/2 (a = -sqrt(g)); each is two exact shift identities between the sides."""
+    fp, fm, v0 = out.logforms
+    sc = out.scalings
+    cands = [(sympy.Integer(0), [sympy.Integer(1), sympy.Integer(-1)])]
+    if sc.positive == "discrete":
+        L = sympy.log(sc.generator)
+        b_g = sympy.simplify(sc.phi.subs(a, sc.generator))
+        if oracle.sign(b_g) > 0:  # c^2 = phi(g) needs phi(g) > 0
+            r = sympy.sqrt(b_g)
+            cands.append((sympy.simplify(L / 2), [r, -r]))
+    tried = []
+    for s, cs in cands:
+        m = sympy.simplify(-sympy.exp(s))
+        for c in cs:
+            if (lp.shift_identity(fm, fp, s, c, oracle) and lp.shift_identity(fp, fm, s, c, oracle)
+                    and oracle.is_zero(v0 - c * v0)):
+                out.step(f"Negative scalings: for a = {_fmt(m)} and c = {_fmt(c)}, sigma(a e^t) = c sigma(e^t) and "
+                         f"sigma(-a e^t) = c sigma(-e^t) hold for all t as exact identities between the two sides "
+                         f"(and sigma(0) = c sigma(0)), so {_fmt(m)} ∈ S with phi({_fmt(m)}) = {_fmt(c)}. S ∩ (-oo, 0) is the coset "
+                         f"{_fmt(m)} S+ (a negative a0 has a0^2 ∈ S+; dividing by a power of g leaves -1 or -sqrt(g)).")
+                out.scalings = _with_negative(sc, m, c)
+                return
+            tried.append(f"a = {_fmt(m)}, c = {_fmt(c)}")
+    out.step("Negative scalings: a negative a0 ∈ S has a0^2 ∈ S+, so a0 ∈ -S+ or (for S+ = g^Z) a0 ∈ -sqrt(g) S+; the exact shift "
+             f"identities fail for {'; '.join(tried) or 'every candidate'}"
+             + (" (phi(g) < 0 rules out -sqrt(g): its c would need c^2 = phi(g))" if sc.positive == "discrete" and len(cands) == 1 else "")
+             + ". S holds no negative number.")
+
+
 def _negative_part(p: Pieces, expr, oracle, out: Analysis):
+    if out.logforms is not None:
+        _logperiodic_negative(oracle, out)
+        return
     sc = out.scalings
     # a = -1: sigma(-x) = c sigma(x) forces c^2 = 1 (apply it twice), so only c = 1, c = -1
     # (and, for symbolic homogeneity degree lambda, c = (-1)^lambda) need testing.
@@ -350,6 +410,15 @@ def _with_negative(sc: Scalings, m, c) -> Scalings:
             phi = sympy.Piecewise((phi_pos, a > 0), (c * phi_pos.subs(a, Abs(a)), True))
         return Scalings("all", None, m, phi)
     g = sc.generator
+    if m == -1 and c in (1, -1):  # phi(a) = c^[a < 0] phi(|a|), written without cases where possible
+        lam = _degree(phi_pos.as_independent(sympy.cos)[0]) if phi_pos.has(sympy.cos) else _degree(phi_pos)
+        if lam is not None and lam.is_integer and c == (-1) ** lam:
+            phi = phi_pos.xreplace({sympy.log(a): sympy.log(Abs(a))})
+        elif c == 1:
+            phi = phi_pos.subs(a, Abs(a))
+        else:
+            phi = sympy.sign(a) * phi_pos.subs(a, Abs(a))
+        return Scalings("discrete", g, m, phi)
     phi = sympy.Piecewise((phi_pos, a > 0), (c * phi_pos.subs(a, a / m), True))  # a = m g^k: phi(a) = phi(m) phi(a/m)
     return Scalings("discrete", g, m, phi)
 
@@ -372,11 +441,13 @@ def _sigma_identity(p: Pieces, oracle, out: Analysis):
         n_expr = sympy.simplify(1 - s1 / s0)
         if oracle.params_in(n_expr):
             ref = oracle.value(n_expr)
+            # a family of parameter values (x**3 + c: n = -1/c): the case holds for all of it,
+            # with the singular n as an expression in the parameters (docs/engine.md)
             if abs(ref - round(ref)) < 1e-20 and round(ref) >= 1:
-                oracle._record(sympy.Eq(n_expr, int(round(ref))))
-                ns = [int(round(ref))]
+                oracle._record(sympy.Contains(n_expr, sympy.S.Naturals))
+                ns = [n_expr]
             else:
-                oracle._record(sympy.Or(sympy.Ne(n_expr, sympy.floor(n_expr)), n_expr < 1))
+                oracle._record(sympy.Not(sympy.Contains(n_expr, sympy.S.Naturals)))
         elif n_expr.is_integer and n_expr >= 1:
             ns = [int(n_expr)]
         why = (f"sigma(1) = {_fmt(s1)}, sigma(0) = {_fmt(s0)}; sigma(1) + (n-1) sigma(0) = 0 exactly when "
@@ -387,6 +458,54 @@ def _sigma_identity(p: Pieces, oracle, out: Analysis):
 
 
 # -- step 6 ------------------------------------------------------------------------------
+def _log_limit(f, oracle):
+    """lim sigma as x -> 0 on the side of the form ``f`` (None: a side where sigma vanishes).
+    As x -> 0, t = log|x| -> -oo: C e^(lam t) P(t) -> 0 if lam > 0 (P is bounded: continuous
+    and periodic); for lam < 0 it is unbounded, and for lam = 0 with P non-constant it
+    oscillates (no limit)."""
+    if f is None:
+        return sympy.Integer(0)
+    sg = oracle.sign(f.lam)
+    if sg > 0:
+        return sympy.Integer(0)
+    if sg < 0 or f.periodic:
+        return None
+    return f.coeff
+
+
+def _break_behaviour(p: Pieces, i: int, oracle, logforms=None):
+    """("continuous" | "discontinuous", text) at break point i, judged by one-sided limits."""
+    t, v = p.breaks[i], p.values[i]
+    if logforms is not None and oracle.is_zero(t):
+        left, right = _log_limit(logforms[1], oracle), _log_limit(logforms[0], oracle)
+    else:
+        left, right = side_limit(p.exprs[i], t, "-"), side_limit(p.exprs[i + 1], t, "+")
+    fmt = lambda lim: "none (no finite limit)" if lim is None else _fmt(lim)  # noqa: E731
+    text = f"at {_fmt(t)}: limit from the left {fmt(left)}, from the right {fmt(right)}, value {_fmt(v)}"
+    if left is None or right is None or not (oracle.is_zero(left - right) and oracle.is_zero(left - v)):
+        return "discontinuous", text
+    # for information: one-sided derivatives (difference quotients) at a continuous break point
+    from ._limits import plain_value
+
+    def one_sided_derivative(piece, direction):
+        # a piece that evaluates with its derivative at t is analytic there: sigma' of the piece
+        d = plain_value(diff(piece, x), t)
+        return d if d is not None else side_limit((piece - v) / (x - t), t, direction)
+
+    info = Oracle(oracle.reference)  # information only: no conditions on the parameters are recorded
+    try:
+        dl = one_sided_derivative(p.exprs[i], "-")
+        dr = one_sided_derivative(p.exprs[i + 1], "+")
+        at_ref = " (at the reference parameter values)" if dl is not None and dr is not None and oracle.params_in(dl - dr) else ""
+        if dl is None or dr is None or not info.is_zero(dl - dr):
+            text += f"; continuous but not differentiable there{at_ref}"
+        else:
+            text += f"; continuous and differentiable (sigma' = {_fmt(dl)}) but not analytic there{at_ref}"
+    except GroupCalcError:
+        text += "; continuous"
+    return "continuous", text
+
+
 def _hypotheses(p: Pieces, oracle, out: Analysis):
     hyp = []
     hyp.append(("non-constant", out.cls != "constant", "sigma' is not identically zero" if out.cls != "constant" else "sigma is constant"))
@@ -394,17 +513,36 @@ def _hypotheses(p: Pieces, oracle, out: Analysis):
                 {"constant": "sigma is constant", "linear": "sigma is linear", "affine": "sigma is affine"}.get(out.cls, "sigma'' is not identically zero")))
     hyp.append(("differentiable off a finite set", True,
                 f"analytic off the {len(p.breaks)} break point(s) {list(map(_fmt, p.breaks))}" if p.breaks else "analytic on R"))
-    jumps = []
+    jumps, undecided, notes = [], [], []
     for i, t in enumerate(p.breaks):
-        left, right = p.exprs[i].subs(x, t), p.exprs[i + 1].subs(x, t)
-        if not (oracle.is_zero(left - right) and oracle.is_zero(left - p.values[i])):
+        try:
+            kind, text = _break_behaviour(p, i, oracle, out.logforms)
+        except Undecided as err:
+            undecided.append(t)
+            notes.append(f"at {_fmt(t)}: continuity undecided ({err})")
+            continue
+        notes.append(text)
+        if kind == "discontinuous":
             jumps.append(t)
-    hyp.append(("continuous", not jumps, f"jumps at {list(map(_fmt, jumps))}" if jumps else "no jumps at the break points"))
-    all_flat = out.cls == "nonlinear" and all(oracle.identically_zero(diff(e, x), lo, hi) for lo, hi, e in p.intervals())
+    if jumps:
+        cont = ("continuous", False, f"discontinuous at {list(map(_fmt, jumps))} (" + "; ".join(notes) + ")")
+    elif undecided:
+        cont = ("continuous", None, "; ".join(notes))
+    else:
+        cont = ("continuous", True, ("one-sided limits equal the value at every break point: " + "; ".join(notes)) if notes
+                else "analytic on R")
+    hyp.append(cont)
+    # Whether sigma' vanishes (or is one constant) wherever it exists matters only for a
+    # discontinuous sigma (a continuous one would then be constant or affine), where the
+    # discontinuity argument is used instead; so these are screened with a throwaway oracle and
+    # record no conditions on the parameters (a witness point would otherwise add a spurious case).
+    screen = Oracle(oracle.reference)
+    all_flat = out.cls == "nonlinear" and all(screen.identically_zero(diff(e, x), lo, hi) for lo, hi, e in p.intervals())
     if out.cls == "nonlinear" and p.breaks and not all_flat:
         # sigma' may still be one constant wherever it exists (x + Heaviside(x)): then the
         # proof of Theorem E.14 (sigma' non-constant) does not apply either
-        slopes = [sympy.simplify(diff(e, x)) for _, _, e in p.intervals()]
+        affine = all(screen.identically_zero(diff(e, x, 2), lo, hi, tries=3) for lo, hi, e in p.intervals())
+        slopes = [sympy.simplify(diff(e, x)) for _, _, e in p.intervals()] if affine else [x]
         const = all(x not in sl.free_symbols for sl in slopes)
         if const and all(oracle.is_zero(sl - slopes[0]) for sl in slopes[1:]):
             hyp[1] = ("non-linear (sigma' not constant)", False,
@@ -413,15 +551,32 @@ def _hypotheses(p: Pieces, oracle, out: Analysis):
                 "sigma is locally constant off the break points: the proof of Theorem E.14 needs a point with sigma'(x) != 0"
                 if all_flat else "sigma' is non-zero somewhere"))
     out.hypotheses = hyp
-    if out.cls == "nonlinear":
+    if out.cls != "nonlinear":
+        return
+    if jumps:
+        # docs/theory.md §2, discontinuous case: needs only finitely many discontinuities (sigma is
+        # analytic off its break points) and at least one
+        out.e14_applies = True
+        out.step(f"The P D form, by the discontinuity argument (docs/theory.md §2), not Theorem E.14: sigma is discontinuous at "
+                 f"{list(map(_fmt, jumps))} and analytic off its finitely many break points. Then x -> sigma((A x)_i) is "
+                 "discontinuous exactly on the hyperplanes (A x)_i = t_j, while (B sigma_n(x))_i is continuous off the coordinate "
+                 "hyperplanes x_k = t_j; a hyperplane inside a finite union of hyperplanes is one of them, so every row of A is a "
+                 "multiple of a coordinate vector: A = P D. Then B is diagonal (sigma is not constant) and sigma(d_i x) = "
+                 "phi(d_i) sigma(x): d_i ∈ S. Conversely every such P D is in G_sigma_n.")
+    elif undecided:
+        out.e14_applies = False
+        out.open_steps.append(f"continuity at {list(map(_fmt, undecided))} undecided")
+        out.step("Neither Theorem E.14 nor the discontinuity argument could be applied: continuity at "
+                 f"{list(map(_fmt, undecided))} is undecided. Established: G_sigma_n contains every P D with D diagonal with "
+                 "entries in S.")
+    else:
         out.e14_applies = not all_flat and hyp[1][1]
         if out.e14_applies:
-            out.step("Theorem E.14 applies (sigma non-constant, sigma' not constant and not identically zero, analytic off finitely many "
-                     "points): every A ∈ G_sigma_n is P D with D diagonal, the diagonal entries lie in S = G_sigma_1, and "
-                     "phi(P D) = P diag(phi(d_1), ..., phi(d_n)). Conversely every such P D is in G_sigma_n (Lemma E.10 and "
-                     "coordinatewise scaling).")
+            out.step("Theorem E.14 applies (sigma continuous, non-constant, sigma' not constant and not identically zero, "
+                     "analytic off finitely many points): every A ∈ G_sigma_n is P D with D diagonal, the diagonal entries lie in "
+                     "S = G_sigma_1, and phi(P D) = P diag(phi(d_1), ..., phi(d_n)). Conversely every such P D is in G_sigma_n "
+                     "(Lemma E.10 and coordinatewise scaling).")
         else:
             out.step("Theorem E.14 does not apply: sigma' is constant (or zero) wherever it exists, so the step of its proof "
                      "that needs sigma' non-constant fails. Established: G_sigma_n contains every P D with D diagonal with "
                      "entries in S.")
-

@@ -14,6 +14,8 @@ def _wrap(s, indent="    "):
 
 
 def _sing(case: Case) -> str:
+    if case.singular_n is None:
+        return "not established"
     if isinstance(case.singular_n, str):
         return f"singular for {case.singular_n.replace('all', 'all n') if case.singular_n == 'all' else case.singular_n}"
     if not case.singular_n:
@@ -23,17 +25,19 @@ def _sing(case: Case) -> str:
 
 def text(d: Derivation, proof_all: bool = False) -> str:
     """The human-readable report of ``groupcalc group``."""
-    lines = [f"sigma(x) = {sympy.sstr(d.expr)}   [{d.activation}]"]
+    lines = [f"status: {d.status}", f"sigma(x) = {sympy.sstr(d.expr)}   [{d.activation}]"]
+    lines += [f"note: {n}" for n in d.notes]
     if d.parameters:
         lines.append(f"parameters: {', '.join(d.parameters)} ({len(d.cases)} case{'s' if len(d.cases) != 1 else ''})")
     for i, c in enumerate(d.cases):
         lines.append("")
         head = f"case {i + 1}: {c.condition}" if d.parameters else "answer"
         lines.append(f"{head}   [{c.status}]")
-        lines.append(f"  class       : {c.cls}")
+        lines.append(f"  class       : {c.cls or 'not established'}")
         lines.append(f"  G_sigma_n   : {c.group}")
         if c.scalings is not None:
-            lines.append(f"  S = G_sigma_1: {c.scalings.describe()}, phi(a) = {sympy.sstr(c.scalings.phi)}")
+            lines.append(f"  {'S contains  ' if c.status == 'unknown' else 'S = G_sigma_1'}: {c.scalings.describe()}, "
+                         f"phi(a) = {sympy.sstr(c.scalings.phi)}")
         if c.phi_n:
             lines.append(f"  phi_sigma   : {c.phi_n}")
         lines.append(f"  sigma(I_n)  : {_sing(c)}")

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from ._result import Case, GroupCalcError, Scalings, a
+from ._result import STATUSES, Case, GroupCalcError, Scalings, a
 
 __all__ = ["IntertwinerGroup", "group"]
 
@@ -120,11 +120,16 @@ class IntertwinerGroup:
         ``"monomial"``. Its phi must be an expression in :data:`groupcalc.a` only.
     label : str
         A name for people (the activation); it takes part in equality.
+    status : {"proved", "verified-numerically", "unknown"}
+        How the engine established the group (the status of its :class:`~groupcalc.Case`).
+        ``"unknown"``: the group is only a sound lower bound (it contains these elements;
+        the true group may be larger). Groups built by hand default to ``"proved"``
+        (the caller vouches for them).
 
     Notes
     -----
     Equality and hashing are structural (same kind, same exact :class:`Scalings`, same
-    label); use :meth:`equals` to compare the groups themselves. ``repr`` evaluates back to
+    label, same status); use :meth:`equals` to compare the groups themselves. ``repr`` evaluates back to
     an equal object in a namespace holding sympy's names, :data:`groupcalc.a`,
     :class:`~groupcalc.Scalings` and :class:`IntertwinerGroup`.
     """
@@ -132,10 +137,13 @@ class IntertwinerGroup:
     kind: str
     scalings: Scalings | None = None
     label: str = ""
+    status: str = "proved"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Argument 'kind' must be one of {KINDS}, not {self.kind!r}.")
+        if self.status not in STATUSES:
+            raise ValueError(f"Argument 'status' must be one of {STATUSES}, not {self.status!r}.")
         if not isinstance(self.label, str):
             raise ValueError(f"Argument 'label' must be a string, not {self.label!r}.")
         if self.kind == "monomial":
@@ -159,20 +167,23 @@ class IntertwinerGroup:
 
     # Construction ---------------------------------------------------------------
     @classmethod
-    def from_scalings(cls, scalings: Scalings, label: str = "") -> "IntertwinerGroup":
+    def from_scalings(cls, scalings: Scalings, label: str = "", status: str = "proved") -> "IntertwinerGroup":
         """The monomial group {P D : d_i in S} of a non-linear activation with G_sigma_1 = S."""
-        return cls("monomial", scalings, label)
+        return cls("monomial", scalings, label, status)
 
     @classmethod
     def from_case(cls, case: Case, label: str = "", params: dict | None = None) -> "IntertwinerGroup":
         """The group of one engine :class:`~groupcalc.Case`.
 
         ``params`` gives values for parameters that still appear in the case's scalings
-        (for example ``degree`` in phi(a) = a**degree).
+        (for example ``degree`` in phi(a) = a**degree). The group carries the case's status;
+        an unknown case whose class was not established gives the monomial group of the
+        scalings it proved (at least the permutations), a lower bound.
         """
         if not isinstance(case, Case):
             raise ValueError(f"Argument 'case' must be a groupcalc Case, not {type(case).__name__}.")
-        kind = {"nonlinear": "monomial", "linear": "general_linear", "affine": "affine", "constant": "constant"}[case.cls]
+        kind = {"nonlinear": "monomial", "linear": "general_linear", "affine": "affine", "constant": "constant",
+                None: "monomial"}[case.cls]
         scalings = case.scalings if kind == "monomial" else None
         if scalings is not None and params:
             values = {k: sympy.nsimplify(v, rational=True) for k, v in params.items()}
@@ -187,7 +198,7 @@ class IntertwinerGroup:
             scalings = Scalings(scalings.positive, sub(scalings.generator), sub(scalings.negative), sub(scalings.phi))
         if kind == "monomial" and scalings is None:
             raise GroupCalcError(f"the engine's nonlinear case for {label or 'this activation'} carries no scalings")
-        return cls(kind, scalings, label)
+        return cls(kind, scalings, label, case.status)
 
     def __repr__(self) -> str:
         s = self.scalings
@@ -195,7 +206,7 @@ class IntertwinerGroup:
             f"Scalings(positive={s.positive!r}, generator={_sstr(s.generator)}, "
             f"negative={_sstr(s.negative)}, phi={_sstr(s.phi)})"
         )
-        return f"IntertwinerGroup(kind={self.kind!r}, scalings={sc}, label={self.label!r})"
+        return f"IntertwinerGroup(kind={self.kind!r}, scalings={sc}, label={self.label!r}, status={self.status!r})"
 
     # Schema fields ----------------------------------------------------------------
     @property
@@ -494,8 +505,13 @@ class IntertwinerGroup:
         return 2
 
     def describe(self) -> str:
-        """A one-paragraph description for people."""
+        """A one-paragraph description for people; a group whose status is not "proved" says so
+        first (an "unknown" one is only a sound lower bound)."""
         head = f"{self.label}: " if self.label else ""
+        if self.status == "unknown":
+            head += "[unknown: the engine could not finish; G_n contains the following] "
+        elif self.status != "proved":
+            head += f"[{self.status}] "
         if self.kind == "monomial":
             s = self.scalings
             comps = "infinitely many components" if s.positive == "discrete" else (
@@ -526,7 +542,8 @@ class IntertwinerGroup:
         label = " & ".join(x for x in (self.label, other.label) if x)
         pos, gen = _intersect_positive(s, t)
         neg = _intersect_negative(s, t, pos, gen)
-        return IntertwinerGroup("monomial", Scalings(pos, gen, neg, s.phi), label)
+        worst = max((self.status, other.status), key=STATUSES.index)
+        return IntertwinerGroup("monomial", Scalings(pos, gen, neg, s.phi), label, worst)
 
 
 def _exact_points(s: Scalings) -> list:
@@ -583,12 +600,17 @@ def _intersect_negative(s: Scalings, t: Scalings, pos, gen):
     return c if float(c) <= -1 else sympy.Integer(-1)
 
 
-def group(name_or_formula: str, timeout: float = 5.0, **params) -> IntertwinerGroup:
+def group(name_or_formula: str, timeout: float | None = None, **params) -> IntertwinerGroup:
     """The intertwiner group of a catalogue activation or a formula, from the engine.
 
-    Parameter values not given take the catalogue defaults. Results are cached (they are
-    immutable values); the cache key includes the activation's formula, so re-registering
-    a name with a new formula derives again.
+    Parameter values not given take the catalogue defaults. ``timeout`` is the engine's
+    wall-clock guard (default :data:`groupcalc._derive.DEFAULT_TIMEOUT`); the answer itself
+    is limited by counted work, so it does not depend on the machine's load. The group's
+    ``status`` is the engine's: check it (``"unknown"`` means a lower bound only).
+
+    Results that are proved or verified numerically are cached (they are immutable values);
+    unknown results are never cached, so a later call derives again. The cache key includes
+    the activation's formula, so re-registering a name with a new formula derives again.
 
     >>> group("relu").describe()  # doctest: +ELLIPSIS
     'relu: G_n = {P D : P a permutation, D diagonal with entries in S = (0, oo)}; ...'
@@ -605,16 +627,24 @@ def group(name_or_formula: str, timeout: float = 5.0, **params) -> IntertwinerGr
     if act is not None:
         values = act.bind(**params)
     key = tuple(sorted((k, sympy.nsimplify(v, rational=True)) for k, v in values.items()))
-    return _group_cached(name_or_formula.strip(), None if act is None else act.expr, key, timeout)
+    label = name_or_formula.strip()
+    cache_key = (label, None if act is None else act.expr, key)
+    hit = _CACHE.get(cache_key)
+    if hit is not None:
+        return hit
+    from ._derive import DEFAULT_TIMEOUT, derive  # lazily: the engine is heavy
 
-
-@functools.lru_cache(maxsize=512)
-def _group_cached(label, _expr, key, timeout):
-    try:  # lazily: the engine is heavy
-        from ._derive import derive
-    except ImportError:  # pragma: no cover - older layout
-        from ._engine import derive
     values = dict(key)
-    deriv = derive(label, params=values or None, timeout=timeout)
+    deriv = derive(label, params=values or None, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     case = deriv.cases[0] if len(deriv.cases) == 1 else deriv.case(**values)
-    return IntertwinerGroup.from_case(case, label=label, params=values)
+    result = IntertwinerGroup.from_case(case, label=label, params=values)
+    if result.status != "unknown":  # an unknown answer may be settled by a later call
+        if len(_CACHE) >= CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[cache_key] = result
+    return result
+
+
+#: Most groups kept by :func:`group` (oldest dropped first).
+CACHE_SIZE = 512
+_CACHE: dict = {}

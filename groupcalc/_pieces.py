@@ -24,6 +24,7 @@ from sympy import Piecewise
 
 from activations import x
 
+from ._budget import charge
 from ._result import GroupCalcError
 
 #: Relative size below which a high-precision evaluation counts as zero.
@@ -68,7 +69,10 @@ class Oracle:
 
     def value(self, e, digits=DIGITS):
         """High-precision numeric value of a constant (at the reference values)."""
-        v = sympy.N(self.at_reference(e), digits)
+        try:
+            v = sympy.N(self.at_reference(e), digits)
+        except (ZeroDivisionError, OverflowError, ValueError):  # mpmath on over/underflowing input
+            raise Undecided(f"cannot evaluate {e}") from None
         if v.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
             raise Undecided(f"cannot evaluate {e}")
         re, im = v.as_real_imag()
@@ -82,6 +86,7 @@ class Oracle:
     # -- questions -----------------------------------------------------------------------
     def is_zero(self, e) -> bool:
         """Is the constant ``e`` (free of x) zero? Records ``Eq(e, 0)`` or ``Ne(e, 0)``."""
+        charge()
         e = sympy.sympify(e)
         if e == 0:
             return True
@@ -92,14 +97,19 @@ class Oracle:
             v = self.value(e)
             if abs(v) > WITNESS_TOL:
                 return False
+            charge(10)
             z = e.equals(0)
             if z is True or z is False:
                 return bool(z)
+            if _zero_in_exp_log_form(e):
+                return True
+            self.numeric_steps.append(f"{e} = 0 decided by a {DIGITS}-digit evaluation only")
             return abs(v) < ZERO_TOL
         v = self.value(e)
         if abs(v) > WITNESS_TOL:
             self._record(sympy.Ne(sympy.factor_terms(e), 0))
             return False
+        charge(10)
         s = sympy.simplify(e)
         if s == 0:
             return True
@@ -124,6 +134,7 @@ class Oracle:
         When neither settles it, many numeric evaluations at 40 digits decide and the step
         is marked numeric.
         """
+        charge()
         f = sympy.sympify(f)
         if f == 0:
             return True
@@ -145,16 +156,31 @@ class Oracle:
                 if self.params_in(e0):
                     self._record(sympy.Ne(sympy.factor_terms(e0), 0))
                 return False
+        charge(10)
         try:
             if sympy.simplify(f) == 0:
                 return True
         except Exception:  # noqa: BLE001
             pass
-        z = f.equals(0)
-        if z is True:
+        # sympy's f.equals(0) is not used here: for a function of x it adds little to simplify
+        # and can run for minutes (solve, is_constant), which would let the machine's speed
+        # decide the answer; the exp/log rewrite below is bounded and deterministic.
+        if _zero_in_exp_log_form(f):
             return True
         self.numeric_steps.append(f"{f} = 0 on ({lo}, {hi}) checked at {len(pts)} points to 25 digits")
         return True
+
+
+def _zero_in_exp_log_form(e) -> bool:
+    """Does ``e`` simplify to 0 once hyperbolic and inverse functions are written with exp
+    and log (tanh(x) - 2 sigmoid(2x) + 1, asinh(x) - log(x + sqrt(x**2 + 1)))?"""
+    if not e.has(sympy.sinh, sympy.cosh, sympy.tanh, sympy.coth, sympy.sech, sympy.csch, sympy.asinh, sympy.acosh, sympy.atanh, sympy.exp):
+        return False
+    charge(10)
+    try:
+        return sympy.simplify(e.rewrite(sympy.exp).rewrite(sympy.log)) == 0
+    except Exception:  # noqa: BLE001 - sympy raises many types on exotic input
+        return False
 
 
 def sample_points(lo, hi, oracle: Oracle, k: int):
@@ -180,11 +206,16 @@ def sample_points(lo, hi, oracle: Oracle, k: int):
 @dataclass(frozen=True)
 class Pieces:
     """sigma as break points t_1 < ... < t_m, expressions on the m + 1 open intervals and
-    values at the break points (all possibly symbolic in the parameters)."""
+    values at the break points (all possibly symbolic in the parameters).
+
+    ``removable`` lists (t, value) for the points inside an interval where the expression of
+    the piece cannot be evaluated (0/0, as sin(x)/x at 0) but extends analytically with
+    sigma(t) as its value; :func:`evaluate` returns that value there."""
 
     breaks: tuple
     exprs: tuple
     values: tuple
+    removable: tuple = ()
 
     def intervals(self):
         """(lo, hi, expr) triples; lo/hi None for -oo/oo."""
@@ -220,6 +251,7 @@ def _relational_roots(rel, oracle: Oracle):
 
 def pieces(expr, oracle: Oracle) -> Pieces:
     """Normal form of ``expr`` (see module docstring); ordering decisions go to ``oracle``."""
+    charge()
     pw = rewrite_piecewise(expr)
     if not isinstance(pw, Piecewise):
         if pw.has(Piecewise):
@@ -272,7 +304,10 @@ def pieces(expr, oracle: Oracle) -> Pieces:
 
 def merge_spurious(p: Pieces, oracle: Oracle) -> Pieces:
     """Drop break points where sigma is analytic (same expression both sides, matching value)."""
+    from ._limits import analytic_at
+
     breaks, exprs, values = list(p.breaks), list(p.exprs), list(p.values)
+    removable = list(p.removable)
     i = 0
     while i < len(breaks):
         left, right, t = exprs[i], exprs[i + 1], breaks[i]
@@ -281,16 +316,21 @@ def merge_spurious(p: Pieces, oracle: Oracle) -> Pieces:
             same = oracle.identically_zero(left - right, lo, t)
         except GroupCalcError:  # the right piece is not real there: a different function
             same = False
-        if same and oracle.is_zero(values[i] - left.subs(x, t)):
+        # the value must be that of the analytic extension across t (a removable point such
+        # as sin(x)/x at 0 counts; x*sin(1/x) or x*log(x**2) at 0 does not)
+        ext = analytic_at(left, t, oracle) if same else None
+        if ext is not None and oracle.is_zero(values[i] - ext):
+            if left.subs(x, t).has(sympy.nan, sympy.zoo):
+                removable.append((t, values[i]))
             del breaks[i], values[i], exprs[i + 1]
         else:
             i += 1
-    return Pieces(tuple(breaks), tuple(exprs), tuple(values))
+    return Pieces(tuple(breaks), tuple(exprs), tuple(values), tuple(removable))
 
 
 def evaluate(p: Pieces, point, oracle: Oracle):
     """sigma(point) for an exact number ``point`` (parameters symbolic)."""
-    for t, v in zip(p.breaks, p.values):
+    for t, v in zip(p.breaks + tuple(t for t, _ in p.removable), p.values + tuple(v for _, v in p.removable)):
         if oracle.is_zero(t - point):
             return v
     for lo, hi, e in p.intervals():

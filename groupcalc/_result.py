@@ -71,29 +71,40 @@ class Case:
     """The intertwiner group of sigma under one condition on its parameters.
 
     ``scalings`` is None for the classes where G_sigma_n is not of the form P D.
-    ``singular_n`` is the sorted tuple of n >= 1 with sigma(I_n) singular, or ``"all"``.
+    ``singular_n`` is the sorted tuple of n >= 1 with sigma(I_n) singular, ``"all"`` or
+    ``"all n >= 2"``; in a case for a family of parameter values it may hold an expression
+    in the parameters (``(-1/c,)``: singular exactly for n = -1/c, a positive integer under
+    the case's condition).
+
+    ``status`` is ``"proved"`` (every step a symbolic identity), ``"verified-numerically"``
+    (some step settled only by numeric evaluation; the certificate names it) or
+    ``"unknown"``. An unknown case reports only what was established: ``cls`` and
+    ``singular_n`` are None when they were not, and ``scalings`` is a sound lower bound
+    (S contains them), with ``group`` saying ``contains ...``.
     """
 
     condition: sympy.Basic
-    cls: str
+    cls: str | None
     scalings: Scalings | None
     group: str
     phi_n: str | None
-    singular_n: tuple | str
+    singular_n: tuple | str | None
     status: str
     certificate: tuple = ()
     hypotheses: tuple = ()  # (name, holds: bool | None, reason) for Theorem E.14
     expr: sympy.Expr | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        if self.cls not in CLASSES:
-            raise ValueError(f"Argument 'cls' must be one of {CLASSES}, not {self.cls!r}.")
         if self.status not in STATUSES:
             raise ValueError(f"Argument 'status' must be one of {STATUSES}, not {self.status!r}.")
+        if self.cls not in CLASSES and not (self.cls is None and self.status == "unknown"):
+            raise ValueError(f"Argument 'cls' must be one of {CLASSES} (or None when unknown), not {self.cls!r}.")
+        if self.singular_n is None and self.status != "unknown":
+            raise ValueError("Argument 'singular_n' may be None only in an unknown case.")
         object.__setattr__(self, "certificate", tuple(self.certificate))
         object.__setattr__(self, "hypotheses", tuple(tuple(h) for h in self.hypotheses))
-        if not isinstance(self.singular_n, str):
-            object.__setattr__(self, "singular_n", tuple(sorted(int(n) for n in self.singular_n)))
+        if self.singular_n is not None and not isinstance(self.singular_n, str):
+            object.__setattr__(self, "singular_n", _singular_tuple(self.singular_n))
 
     def at(self, subs: dict) -> "Case":
         """This case with parameter values substituted into phi, the generator and the formula."""
@@ -101,7 +112,11 @@ class Case:
         if s is not None:
             s = Scalings(s.positive, None if s.generator is None else s.generator.subs(subs),
                          None if s.negative is None else s.negative.subs(subs), s.phi.subs(subs))
-        return Case(self.condition, self.cls, s, self.group, self.phi_n, self.singular_n, self.status, self.certificate,
+        sing = self.singular_n
+        if isinstance(sing, tuple):
+            sing = tuple(sympy.sympify(n).subs(subs) for n in sing)
+            sing = tuple(n for n in sing if not (n.is_number and not (n.is_integer and n >= 1)))
+        return Case(self.condition, self.cls, s, self.group, self.phi_n, sing, self.status, self.certificate,
                     self.hypotheses, None if self.expr is None else self.expr.subs(subs))
 
     # Fields of the JSON schema -------------------------------------------------
@@ -123,7 +138,9 @@ class Case:
 
     def to_json(self) -> dict:
         s = self.scalings
+        sing = self.singular_n
         return {
+            "status": self.status,
             "condition": str(self.condition),
             "class": self.cls,
             "formula": None if self.expr is None else str(self.expr),
@@ -134,8 +151,7 @@ class Case:
             "phi": None if not s else str(s.phi),
             "group": self.group,
             "phi_n": self.phi_n,
-            "sigma_I_singular_n": self.singular_n if isinstance(self.singular_n, str) else list(self.singular_n),
-            "status": self.status,
+            "sigma_I_singular_n": sing if sing is None or isinstance(sing, str) else [n if isinstance(n, int) else str(n) for n in sing],
             "hypotheses": [{"name": n, "holds": h, "reason": r} for n, h, r in self.hypotheses],
             "certificate": list(self.certificate),
         }
@@ -149,16 +165,30 @@ class Derivation:
     expr: sympy.Expr
     parameters: tuple
     cases: tuple
+    #: Work steps the derivation spent (see :mod:`groupcalc._budget`); not part of equality.
+    work: int | None = field(default=None, compare=False)
+    #: What was done to the formula before deriving, e.g. "extended by continuity at x = 0: sigma(0) = 0".
+    notes: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", tuple(self.parameters))
         object.__setattr__(self, "cases", tuple(self.cases))
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+    @property
+    def status(self) -> str:
+        """The weakest status of the cases: "unknown" if any case is, else
+        "verified-numerically" if any case is, else "proved"."""
+        statuses = {c.status for c in self.cases}
+        return next((s for s in reversed(STATUSES) if s in statuses), "unknown")
 
     def to_json(self) -> dict:
         return {
+            "status": self.status,
             "activation": self.activation,
             "formula": str(self.expr),
             "parameters": list(self.parameters),
+            "notes": list(self.notes),
             "cases": [c.to_json() for c in self.cases],
         }
 
@@ -182,10 +212,27 @@ class Derivation:
         return self.cases[0]
 
 
+def _singular_tuple(values) -> tuple:
+    """Integers sorted, then the parameter-dependent entries (as sympy expressions)."""
+    ints, exprs = [], []
+    for n in values:
+        n = sympy.sympify(n)
+        if n.is_Integer:
+            ints.append(int(n))
+        elif n.free_symbols:
+            exprs.append(n)
+        else:
+            raise ValueError(f"Argument 'singular_n' must hold positive integers or expressions in parameters, not {n!r}.")
+    return tuple(sorted(ints)) + tuple(sorted(set(exprs), key=str))
+
+
 def _holds(condition, subs) -> bool:
     """Whether a condition on the parameters holds at ``subs`` (numbers); relations that
     sympy leaves unevaluated are decided by a 30-digit evaluation."""
-    cond = condition.subs(subs) if subs else condition
+    try:
+        cond = condition.subs(subs) if subs else condition
+    except TypeError:  # a comparison of non-real numbers: the formula is not real-valued there
+        return False
     if cond in (True, sympy.true):
         return True
     if cond in (False, sympy.false):
@@ -200,6 +247,15 @@ def _holds(condition, subs) -> bool:
                 sympy.StrictLessThan: d < 0 and not zero, sympy.GreaterThan: d > 0 or zero,
                 sympy.LessThan: d < 0 or zero}.get(type(rel), rel)
 
+    def member(c):  # "e is a positive integer" for a number e that sympy leaves undecided
+        e, where = c.args
+        d = sympy.N(e, 30)
+        if where != sympy.S.Naturals or not d.is_number or not d.is_real:
+            return c
+        k = sympy.Integer(round(d))
+        return sympy.true if abs(d - k) < 1e-25 and k >= 1 else sympy.false
+
+    cond = cond.xreplace({c: member(c) for c in cond.atoms(sympy.Contains)})
     rels = cond.atoms(sympy.core.relational.Relational)
     cond = cond.xreplace({r: sympy.true if decide(r) is True else sympy.false if decide(r) is False else r for r in rels})
     return cond in (True, sympy.true)

@@ -9,16 +9,17 @@ import sympy
 
 import activations
 
-from ._derive import derive
+from ._derive import DEFAULT_TIMEOUT, derive
 
 
-def rows(timeout: float = 5.0) -> list:
+def rows(timeout: float = DEFAULT_TIMEOUT) -> list:
     """One dict per catalogue activation at its default parameters."""
     out = []
     for act in activations.catalogue():
         d = derive(act.name, act.defaults or None, timeout=timeout)
         c = d.cases[0]
         out.append({
+            "status": c.status,
             "activation": act.name,
             "parameters": {k: str(v) for k, v in act.defaults.items()},
             "formula": str(act.formula(**act.defaults)),
@@ -27,13 +28,12 @@ def rows(timeout: float = 5.0) -> list:
             "S": c.scalings.describe() if c.scalings else None,
             "phi": None if c.scalings is None else str(c.scalings.phi),
             "phi_n": c.phi_n,
-            "sigma_I_singular_n": c.singular_n if isinstance(c.singular_n, str) else list(c.singular_n),
-            "status": c.status,
+            "sigma_I_singular_n": c.to_json()["sigma_I_singular_n"],
         })
     return out
 
 
-def table(fmt: str = "markdown", timeout: float = 5.0) -> str:
+def table(fmt: str = "markdown", timeout: float = DEFAULT_TIMEOUT) -> str:
     data = rows(timeout)
     if fmt == "json":
         return json.dumps(data, indent=2)
@@ -41,7 +41,7 @@ def table(fmt: str = "markdown", timeout: float = 5.0) -> str:
         lines = [r"\begin{tabular}{lllll}", r"$\sigma$ & $G_{\sigma_n}$ & $\phi_\sigma$ & $\sigma(I_n)$ singular & status \\ \hline"]
         for r in data:
             group = (r["group"] or "").replace("{", r"\{").replace("}", r"\}")
-            phi = sympy.latex(sympy.sympify(r["phi"])) if r["phi"] else "---"
+            phi = sympy.latex(activations.parse_formula(r["phi"], variable="a")) if r["phi"] else "---"
             lines.append(f"{r['activation'].replace('_', r'_')} & {group} & ${phi}$ & {r['sigma_I_singular_n'] or 'none'} & {r['status']} \\\\")
         lines.append(r"\end{tabular}")
         return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 CORE = ("group", "table", "list", "check")
@@ -58,11 +59,14 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     fmt = g.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object")
     fmt.add_argument("--latex", action="store_true", help="LaTeX")
-    g.add_argument("--timeout", type=float, default=5.0, help="seconds before the answer becomes 'unknown' (default 5)")
+    g.add_argument("--timeout", type=float, default=None,
+                   help="wall-clock guard in seconds (default 120); the answer is limited by --work, not by the clock")
+    g.add_argument("--work", type=int, default=None,
+                   help="work budget in counted steps (default 20000): the same answer on a busy and an idle machine")
     g.add_argument("--proof", action="store_true", help="print every proof step (default: the first case's)")
     t = sub.add_parser("table", help="Table 1 of the paper, regenerated for the whole catalogue")
     t.add_argument("--format", choices=("markdown", "latex", "json"), default="markdown")
-    t.add_argument("--timeout", type=float, default=5.0)
+    t.add_argument("--timeout", type=float, default=None, help="wall-clock guard per activation in seconds (default 120)")
     t.add_argument("--json", action="store_true", help="same as --format json")
     lst = sub.add_parser("list", help="the catalogue of named activations")
     lst.add_argument("--json", action="store_true")
@@ -86,13 +90,23 @@ def main(argv=None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"group": _group, "table": _table, "list": _list, "check": _check}[args.command](args)
+        code = {"group": _group, "table": _table, "list": _list, "check": _check}[args.command](args)
+        sys.stdout.flush()  # inside the handlers below: a closed pipe is reported here, not at exit
+        return code
     except _BadInput as err:
         print(str(err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("groupcalc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`groupcalc list | head`): stop quietly, as other Unix tools do;
+        # stdout is pointed at /dev/null so the interpreter's final flush does not fail again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+            pass
+        return 141
     except Exception as err:  # noqa: BLE001 - the CLI turns every error into one line
         from ._result import GroupCalcError
 
@@ -111,12 +125,16 @@ def _check(args) -> int:
 
 
 def _group(args) -> int:
-    from ._derive import derive
+    from ._derive import DEFAULT_TIMEOUT, DEFAULT_WORK, derive
     from ._format import latex, text
 
     if args.timeout is not None and not (0 < args.timeout <= 3600):
         raise _BadInput("--timeout must be between 0 and 3600 seconds")
-    d = derive(args.activation, _parse_params(args.param) or None, timeout=args.timeout)
+    if args.work is not None and not (0 < args.work <= 10**8):
+        raise _BadInput("--work must be between 1 and 100000000 steps")
+    d = derive(args.activation, _parse_params(args.param) or None,
+               timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
+               work=DEFAULT_WORK if args.work is None else args.work)
     if args.json:
         print(json.dumps(d.to_json(), indent=2, ensure_ascii=False))
     elif args.latex:
@@ -129,8 +147,12 @@ def _group(args) -> int:
 def _table(args) -> int:
     from ._table import table
 
+    from ._derive import DEFAULT_TIMEOUT
+
+    if args.timeout is not None and not (0 < args.timeout <= 3600):
+        raise _BadInput("--timeout must be between 0 and 3600 seconds")
     fmt = "json" if args.json else args.format
-    print(table(fmt, timeout=args.timeout))
+    print(table(fmt, timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout))
     return 0
 
 

@@ -262,8 +262,8 @@ def test_formula_text_round_trips_the_catalogue():
     for act in activations.catalogue():
         expr = act.expr.subs({p.symbol: p.default for p in act.parameters})
         text = gt.formula_text(expr)
-        if act.name in ("identity", "selu"):
-            continue  # a bare x, and literals beyond the parser's limit (see docs/groups.md)
+        if act.name == "identity":
+            continue  # a bare x
         back = activations.parse_formula(text)
         xs = np.linspace(-7, 7, 57)
         np.testing.assert_allclose(activations.lambdify_numpy(back)(xs), activations.lambdify_numpy(expr)(xs), rtol=1e-12, atol=1e-12)
@@ -278,3 +278,19 @@ def test_wired_into_groupcalc_cli(capsys):
     assert data["passed"] is True and data["group"]["negative_representative"] == -1.0
     assert main(["check", "tanhh"]) == 2
     assert "did you mean 'tanh'" in capsys.readouterr().err
+
+
+def test_formula_text_prints_equalities_and_every_catalogue_entry_is_a_leaf():
+    # the parser reads Eq and Ne, so the printer writes them: a removable point's extension
+    # Piecewise((sin(x)/x, Ne(x, 0)), (1, True)) and a point value Piecewise((2x, Eq(x, 1)), (x, True))
+    # read back as the same expressions
+    X = activations.x
+    for expr in (sympy.Piecewise((sympy.sin(X) / X, sympy.Ne(X, 0)), (1, True)),
+                 sympy.Piecewise((2 * X, sympy.Eq(X, 1)), (X, True))):
+        text = gt.formula_text(expr)
+        assert text.startswith("where(Ne(x, 0)") or text.startswith("where(Eq(x, 1)"), text
+        assert activations.parse_formula(text) == expr
+    # selu included: its exact constants are within the parser's limits
+    from groupcalc.testing import _leaves
+
+    assert sorted(n for n, _ in _leaves()) == sorted(activations.names())

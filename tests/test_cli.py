@@ -72,6 +72,7 @@ def test_list_and_table(capsys):
     (["group", "hardtanh", "--param", "min_val=2", "--param", "max_val=1"], "min_val < max_val"),
     (["group", "polynomial", "--param", "degree=2.5"], "positive integer"),
     (["group", "relu", "--timeout", "-1"], "--timeout"),
+    (["group", "relu", "--work", "0"], "--work"),
     (["bogus"], "invalid choice"),
 ])
 def test_bad_input_one_line_exit_2(argv, fragment, capsys):
@@ -82,6 +83,41 @@ def test_bad_input_one_line_exit_2(argv, fragment, capsys):
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and "Traceback" not in err
     assert fragment in err
+
+
+def test_output_leads_with_the_status(capsys):
+    code, out, _ = run(["group", "relu"], capsys)
+    assert code == 0 and out.splitlines()[0] == "status: proved"
+    code, out, _ = run(["group", "leaky_relu", "--json"], capsys)
+    d = json.loads(out)
+    assert list(d)[0] == "status" and d["status"] == "proved"
+    assert all(list(c)[0] == "status" for c in d["cases"])
+
+
+def test_unknown_answer_is_plain_and_null(capsys):
+    code, out, _ = run(["group", "tanh", "--work", "1", "--json"], capsys)
+    assert code == 0
+    c = json.loads(out)["cases"][0]
+    assert c["status"] == "unknown" and c["class"] is None and c["sigma_I_singular_n"] is None and c["phi_n"] is None
+    assert c["group"] == "contains the permutation matrices; otherwise unknown"
+    code, out, _ = run(["group", "tanh", "--work", "1"], capsys)
+    assert out.splitlines()[0] == "status: unknown" and "class       : not established" in out
+    assert "S contains" in out and "sigma(I_n)  : not established" in out
+
+
+def test_list_into_a_closed_pipe_is_quiet():
+    """`groupcalc list | head`: the reader is gone before groupcalc writes (the read end is
+    closed first, so the write fails every time, not only when head wins a race)."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        out = subprocess.run([sys.executable, "-m", "groupcalc.cli", "list"], stdout=w, stderr=subprocess.PIPE, text=True,
+                             timeout=60)
+    finally:
+        os.close(w)
+    assert out.returncode == 141 and out.stderr == "", out.stderr
 
 
 def test_formula_never_reaches_eval(tmp_path, capsys):

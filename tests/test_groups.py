@@ -25,7 +25,9 @@ SQRT2 = IntertwinerGroup.from_scalings(Scalings("discrete", generator=2, negativ
 GL = IntertwinerGroup("general_linear", label="linear")
 AFFINE = IntertwinerGroup("affine", label="affine")
 CONST = IntertwinerGroup("constant", label="constant")
-ALL = [RELU, TANH, GAUSS, CUBE, SIGMOID, DISCRETE, SQRT2, GL, AFFINE, CONST]
+ESTIMATED = IntertwinerGroup.from_scalings(Scalings("all", negative=-1, phi=a), "estimated", status="verified-numerically")
+LOWER_BOUND = IntertwinerGroup("monomial", Scalings("trivial"), "unfinished", "unknown")
+ALL = [RELU, TANH, GAUSS, CUBE, SIGMOID, DISCRETE, SQRT2, GL, AFFINE, CONST, ESTIMATED, LOWER_BOUND]
 MONOMIAL = [G for G in ALL if G.kind == "monomial"]
 
 
@@ -41,6 +43,23 @@ def test_repr_round_trips(G):
     back = eval(repr(G), _namespace())  # noqa: S307 - our own repr
     assert back == G and hash(back) == hash(G)
     assert repr(back) == repr(G)
+
+
+def test_status_is_carried_and_checked():
+    assert RELU.status == "proved" and ESTIMATED.status == "verified-numerically" and LOWER_BOUND.status == "unknown"
+    assert ESTIMATED != IntertwinerGroup.from_scalings(Scalings("all", negative=-1, phi=a), "estimated")
+    assert RELU.intersect(LOWER_BOUND).status == "unknown" and RELU.intersect(TANH).status == "proved"
+    with pytest.raises(ValueError, match="status"):
+        IntertwinerGroup("monomial", Scalings("all"), "x", "guessed")
+
+
+def test_engine_status_reaches_the_group():
+    from groupcalc import derive
+
+    assert groupcalc.group("relu").status == "proved"
+    unfinished = derive("tanh", work=1).cases[0]  # the class is not established yet
+    g = IntertwinerGroup.from_case(unfinished, label="tanh")
+    assert (g.status, g.kind, g.scalings.positive, g.scalings.negative) == ("unknown", "monomial", "trivial", None)
 
 
 def test_equality_is_structural_and_equals_is_mathematical():
@@ -331,3 +350,13 @@ def test_from_case_needs_a_case():
 
 def test_exported_from_package():
     assert getattr(groupcalc, "IntertwinerGroup", IntertwinerGroup) is IntertwinerGroup
+
+
+@pytest.mark.parametrize("status, mark", [("unknown", "[unknown"), ("verified-numerically", "[verified-numerically]")])
+def test_describe_leads_with_a_status_that_is_not_proved(status, mark):
+    from groupcalc import Scalings
+    from groupcalc._groups import IntertwinerGroup
+
+    g = IntertwinerGroup.from_scalings(Scalings("trivial", None, -1), status=status)
+    assert g.describe().startswith(mark)
+    assert not IntertwinerGroup.from_scalings(Scalings("trivial", None, -1)).describe().startswith("[")

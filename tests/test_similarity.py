@@ -353,6 +353,21 @@ def test_general_linear_measures_follow_the_span():
     assert g_cka(X, np.column_stack([X[:, :3], rng_(34).normal(size=40)]), GL) < 0.95
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_procrustes_of_related_features_is_one_to_rounding(seed):
+    """The residual is summed directly, so Y = X R (or X B) gives 1 to ~1e-15 on every BLAS;
+    sqrt(|X|^2 + |Y|^2 - 2 |M|_*) would turn a 2-ulp rounding of |M|_* into 1e-8."""
+    X = rng_(100 + seed).normal(size=(64 + 7 * seed, 6))
+    assert orthogonal_procrustes(X, X @ random_rotation(6, seed=200 + seed)) == pytest.approx(1.0, abs=1e-12)
+    # whitening a random B costs its condition number in accuracy: 1e-10, not 1e-12
+    assert g_procrustes(X, X @ rng_(300 + seed).normal(size=(6, 6)), GL) == pytest.approx(1.0, abs=1e-10)
+    # unequal widths: Y holds a rotated copy of X's first 4 channels; the 2 extra X channels count
+    Y = X[:, :4] @ random_rotation(4, seed=400 + seed)
+    padded = np.column_stack([Y, np.zeros((X.shape[0], 2))])  # the reference needs equal widths
+    assert orthogonal_procrustes(X, Y) == pytest.approx(ref_orthogonal_procrustes(X, padded), abs=1e-10)
+    assert orthogonal_procrustes(Y, X) == pytest.approx(ref_orthogonal_procrustes(padded, X), abs=1e-10)
+
+
 # ----------------------------------------------------------------------------- properties
 features = hnp.arrays(
     np.float64, st.tuples(st.integers(6, 12), st.integers(1, 4)),

@@ -16,10 +16,36 @@ from ._prep import channel_covariances, check_tol, prepare, whitener
 __all__ = ["g_procrustes", "orthogonal_procrustes"]
 
 
-def _procrustes_from_norms(best: float, nx: float, ny: float) -> float:
-    """``1 - delta / (|X~| + |Y~|)`` with ``delta^2 = |X~|^2 + |Y~|^2 - 2 best``."""
-    d2 = max(nx + ny - 2.0 * best, 0.0)
-    return float(min(1.0, max(0.0, 1.0 - math.sqrt(d2) / (math.sqrt(nx) + math.sqrt(ny)))))
+def _similarity(d2: float, nx: float, ny: float) -> float:
+    """``1 - delta / (|X~| + |Y~|)`` from ``delta^2`` and the squared norms."""
+    return float(min(1.0, max(0.0, 1.0 - math.sqrt(max(d2, 0.0)) / (math.sqrt(nx) + math.sqrt(ny)))))
+
+
+def _orthogonal_residual(X, Y, sx, sy, Ax, Ay, M) -> float:
+    """``min_Q |X~ Q - Y~|^2`` over orthogonal ``Q``, summed directly in float64.
+
+    ``X~ = (X - mean_x) Ax`` and ``Y~ = (Y - mean_y) Ay`` on the live channels (``Ax``, ``Ay``
+    the per-measure maps: a scale or a whitener), ``M = X~^T Y~``. The optimal ``Q = U V^T``
+    from the SVD of ``M`` (zero-padded to square, so that unequal widths compare as in
+    orthogonal Procrustes). Computing ``|X~|^2 + |Y~|^2 - 2 |M|_*`` instead cancels to rounding
+    noise for related features, and its square root magnifies that noise to ~1e-8.
+    """
+    kx, ky = M.shape
+    k = max(kx, ky)
+    Mp = torch.zeros((k, k), dtype=torch.float64, device=M.device)
+    Mp[:kx, :ky] = M
+    U, _, Vh = torch.linalg.svd(Mp)
+    Q = (U @ Vh)[:kx, :]  # X~ padded with zero channels only uses the first kx rows
+    lx, ly = sx.live, sy.live
+    mx, my = sx.mean[lx][None, :, None], sy.mean[ly][None, :, None]
+    total = 0.0
+    n, _, p = X.shape
+    for sl in row_batches(n, (X.shape[1] + Y.shape[1]) * p):
+        xb = (X[sl][:, lx].to(torch.float64) - mx).permute(0, 2, 1).reshape(-1, int(lx.sum())) @ Ax
+        yb = (Y[sl][:, ly].to(torch.float64) - my).permute(0, 2, 1).reshape(-1, int(ly.sum())) @ Ay
+        r = xb @ Q  # compared with Y~ padded with zero channels to width k
+        total += float((r[:, :ky] - yb).square().sum() + r[:, ky:].square().sum())
+    return total
 
 
 def g_procrustes(X, Y, group="relu", *, side: str = "post", center: bool = False,
@@ -60,8 +86,8 @@ def g_procrustes(X, Y, group="relu", *, side: str = "post", center: bool = False
     if general:
         Wx, Wy = whitener(Cxx), whitener(Cyy)
         M = Wx.T @ Cxy @ Wy
-        best = float(torch.linalg.matrix_norm(M, ord="nuc"))
-        return _procrustes_from_norms(best, float(Wx.shape[1]), float(Wy.shape[1]))
+        d2 = _orthogonal_residual(X, Y, sx, sy, Wx, Wy, M)
+        return _similarity(d2, float(Wx.shape[1]), float(Wy.shape[1]))
     ax = canonical_scale(sx.norm, inv)[sx.live]
     ay = canonical_scale(sy.norm, inv)[sy.live]
     M = (Cxy / ax[:, None] / ay[None, :]).cpu().numpy()
@@ -78,8 +104,7 @@ def g_procrustes(X, Y, group="relu", *, side: str = "post", center: bool = False
     rest_y = np.setdiff1d(np.arange(M.shape[1]), cols)
     unmatched_x = float(((sx.norm[sx.live] / ax).cpu().numpy()[rest_x] ** 2).sum())
     unmatched_y = float(((sy.norm[sy.live] / ay).cpu().numpy()[rest_y] ** 2).sum())
-    d2 = matched + unmatched_x + unmatched_y
-    return float(min(1.0, max(0.0, 1.0 - math.sqrt(d2) / (math.sqrt(nx) + math.sqrt(ny)))))
+    return _similarity(matched + unmatched_x + unmatched_y, nx, ny)
 
 
 def _matched_residual(X, Y, sx, sy, ax, ay, rows, cols, signs) -> float:
@@ -111,5 +136,7 @@ def orthogonal_procrustes(X, Y, *, center: bool = False) -> float:
     Cxy, _, _, sx, sy = channel_covariances(X, Y, center, 0.0, with_auto=False)
     fx = float(sx.norm[sx.live].square().sum().sqrt())
     fy = float(sy.norm[sy.live].square().sum().sqrt())
-    best = float(torch.linalg.matrix_norm(Cxy, ord="nuc")) / (fx * fy)
-    return _procrustes_from_norms(best, 1.0, 1.0)
+    Ax = torch.eye(int(sx.live.sum()), dtype=torch.float64, device=X.device) / fx
+    Ay = torch.eye(int(sy.live.sum()), dtype=torch.float64, device=Y.device) / fy
+    d2 = _orthogonal_residual(X, Y, sx, sy, Ax, Ay, Cxy / (fx * fy))
+    return _similarity(d2, 1.0, 1.0)

@@ -1,4 +1,13 @@
-"""Weight-space symmetries of real PyTorch networks.
+"""Weight-space symmetries of real PyTorch networks, transformers included.
+
+:func:`symmetry_spec` captures a model with ``torch.export``, applies the layer rules of
+:mod:`torch_bridge.symmetry.rules` and returns a :class:`SymmetrySpec`: its sites (unit spaces
+with a group: monomial, orthogonal, general linear, scalar, block-diagonal per head), the
+bindings of every parameter to them, sampling and the action on models. The site groups
+(:class:`GeneralLinear`, :class:`Orthogonal`, :class:`Monomial` over a set of scalings such as
+:data:`POSITIVE`, :class:`Scalar`, :class:`Block`) and their elements (:class:`MonomialElement`,
+:class:`DenseElement`, :class:`ScalarElement`, :class:`BlockElement`) are immutable values;
+:func:`canonicalize` and :func:`align` remove the symmetry from a model or between two.
 
 >>> import torch
 >>> from torch_bridge.models import mlp
@@ -11,14 +20,32 @@ True
 """
 
 from ._activations import ActivationRef, activation_group, function_activation, module_activation
-from ._align import AlignmentReport, align, weight_distance
-from ._canonical import canonical_permutations, canonical_scalings, canonicalize
-from ._graph import SymmetrySpecError
-from ._spec import Site, SymmetryElement, SymmetrySpec, symmetry_spec, verify_equivalence
+from ._capture import SymmetrySpecError
+from ._elements import BlockElement, DenseElement, Element, MonomialElement, ScalarElement
+from ._site_groups import (GL, ONE, POSITIVE, R_NONZERO, SIGNS, Block, GeneralLinear, Group, Meet, Monomial, Orthogonal,
+                           Scalar)
+from ._spec import Binding, Site, SymmetryElement, SymmetrySpec, symmetry_spec, verify_equivalence
+from ._transforms import fold_norm_gains
 
 __all__ = [
-    "symmetry_spec", "SymmetrySpec", "Site", "SymmetryElement", "SymmetrySpecError", "verify_equivalence",
+    "symmetry_spec", "SymmetrySpec", "Site", "Binding", "SymmetryElement", "SymmetrySpecError", "verify_equivalence",
+    "fold_norm_gains",
+    "Group", "GeneralLinear", "GL", "Orthogonal", "Monomial", "Scalar", "Block", "Meet",
+    "R_NONZERO", "POSITIVE", "SIGNS", "ONE",
+    "Element", "MonomialElement", "DenseElement", "ScalarElement", "BlockElement",
     "canonicalize", "canonical_scalings", "canonical_permutations",
     "align", "AlignmentReport", "weight_distance",
     "ActivationRef", "module_activation", "function_activation", "activation_group",
 ]
+
+_LAZY = {"align": "_align", "AlignmentReport": "_align", "weight_distance": "_align",
+         "canonicalize": "_canonical", "canonical_scalings": "_canonical", "canonical_permutations": "_canonical"}
+
+
+def __getattr__(name):
+    # canonical forms and alignment load on first use (they need scipy and the whole spec)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

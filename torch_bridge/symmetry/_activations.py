@@ -9,7 +9,6 @@ elementwise module the catalogue does not know.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from torch import nn
 from ..models import CatalogueActivation
 
 __all__ = ["ActivationRef", "module_activation", "function_activation", "activation_group", "estimate_group",
-           "is_elementwise", "PASS_THROUGH_MODULES"]
+           "is_elementwise", "PASS_THROUGH_MODULES", "structural", "trivial_scalings", "positive_scalings",
+           "all_scalings", "sign_scalings", "transparent"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,14 @@ def module_activation(m: nn.Module) -> ActivationRef | None:
     for cls, name in simple.items():
         if isinstance(m, cls):
             return _ref(name, src)
+    if type(m).__module__ == "transformers.activations" and src in _HF_ACTIVATIONS:
+        return _ref(_HF_ACTIVATIONS[src], src)
     return None
+
+
+# Hugging Face's activation modules with a catalogue entry (each computes exactly that formula).
+_HF_ACTIVATIONS = {"NewGELUActivation": "gelu_tanh", "GELUTanh": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh",
+                   "GELUActivation": "gelu", "SiLUActivation": "silu"}
 
 
 def _bind(fn, args, kwargs, names_defaults):
@@ -146,6 +153,28 @@ _add([F.tanhshrink], "tanhshrink")
 _add([F.softshrink], "softshrink", (("lambd", 0.5),))
 _add([F.hardshrink, "hardshrink"], "hardshrink", (("lambd", 0.5),))
 _add([torch.sin, "sin", "sin_"], "sin")
+# The ATen forms torch.export produces (positional parameters after the input, as in the schema).
+_aten = torch.ops.aten
+_add([_aten.relu.default, _aten.relu_.default], "relu")
+_add([_aten.leaky_relu.default, _aten.leaky_relu_.default], "leaky_relu", (("negative_slope", 0.01),))
+_add([_aten.celu.default, _aten.celu_.default], "celu", (("alpha", 1.0),))
+_add([_aten.selu.default, _aten.selu_.default], "selu")
+_add([_aten.silu.default, _aten.silu_.default], "silu")
+_add([_aten.mish.default, _aten.mish_.default], "mish")
+_add([_aten.softplus.default], "softplus", (("beta", 1.0),))
+_add([_aten.sigmoid.default, _aten.sigmoid_.default], "sigmoid")
+_add([_aten.log_sigmoid.default], "logsigmoid")
+_add([_aten.tanh.default, _aten.tanh_.default], "tanh")
+_add([_aten.hardtanh.default, _aten.hardtanh_.default], "hardtanh", (("min_val", -1.0), ("max_val", 1.0)))
+_add([_aten.relu6.default], "relu6")
+_add([_aten.hardsigmoid.default, _aten.hardsigmoid_.default], "hardsigmoid")
+_add([_aten.hardswish.default, _aten.hardswish_.default], "hardswish")
+_add([_aten.softshrink.default], "softshrink", (("lambd", 0.5),))
+_add([_aten.hardshrink.default], "hardshrink", (("lambd", 0.5),))
+_add([_aten.sin.default, _aten.sin_.default], "sin")
+_add([_aten.cos.default, _aten.cos_.default], "cos")
+_add([_aten.exp.default, _aten.exp_.default], "exp")
+_add([_aten.abs.default, _aten.abs_.default], "abs")
 _add([torch.cos, "cos", "cos_"], "cos")
 _add([torch.exp, "exp", "exp_"], "exp")
 _add([torch.abs, torch.absolute, "abs", "abs_"], "abs")
@@ -163,11 +192,29 @@ def function_activation(target, args=(), kwargs=None) -> ActivationRef | None:
     'gelu_tanh'
     """
     kwargs = dict(kwargs or {})
-    src = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    if isinstance(target, torch._ops.OpOverload):
+        src = target.overloadpacket.__name__
+    else:
+        src = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    if target in (torch.ops.aten.elu.default, torch.ops.aten.elu_.default):
+        alpha, scale, in_scale = (list(args[1:4]) + [1.0, 1.0, 1.0][len(args[1:4]):])
+        alpha, scale, in_scale = kwargs.get("alpha", alpha), kwargs.get("scale", scale), kwargs.get("input_scale", in_scale)
+        if scale == 1 and in_scale == 1:
+            return _ref("elu", "elu", alpha=alpha)
+        return None
+    if target in (torch.ops.aten.rrelu.default,) and not (args[3] if len(args) > 3 else kwargs.get("training", False)):
+        lower = args[1] if len(args) > 1 else kwargs.get("lower", 1 / 8)
+        upper = args[2] if len(args) > 2 else kwargs.get("upper", 1 / 3)
+        return _ref("leaky_relu", "rrelu", negative_slope=(lower + upper) / 2)
+    if target in (torch.ops.aten.gelu.default, torch.ops.aten.gelu_.default):
+        approx = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
+        return _ref("gelu_tanh" if approx == "tanh" else "gelu", "gelu")
+    if target in (torch.ops.aten.square.default,):
+        return _ref("polynomial", "square", degree=2)
     if target is F.gelu or target == "gelu":
         approx = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
         return _ref("gelu_tanh" if approx == "tanh" else "gelu", src)
-    if target in (operator.pow, torch.pow, "pow", torch.square, "square"):
+    if target in (operator.pow, torch.pow, "pow", torch.square, "square", torch.ops.aten.pow.Tensor_Scalar):
         if target in (torch.square, "square"):
             return _ref("polynomial", src, degree=2)
         exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
@@ -187,10 +234,14 @@ def function_activation(target, args=(), kwargs=None) -> ActivationRef | None:
     return _ref(name, src, **{rename.get(k, k): float(v) for k, v in values.items()})
 
 
-@functools.lru_cache(maxsize=None)
-def activation_group(ref: ActivationRef, timeout: float = 5.0):
+def activation_group(ref: ActivationRef, timeout: float | None = None):
     """The engine's :class:`groupcalc.IntertwinerGroup` for a catalogue activation
-    (``groupcalc.group``), labelled with the parameter values."""
+    (``groupcalc.group``), labelled with the parameter values.
+
+    ``timeout`` is the engine's wall-clock guard (None: the engine default); the answer is
+    budgeted by counted work. Not cached here: ``groupcalc.group`` caches proved and
+    numerically verified groups and derives an ``"unknown"`` one again; the group keeps its
+    ``status``, which :class:`SymmetrySpec` notes (or refuses with ``strict=True``)."""
     import dataclasses
 
     try:
@@ -205,6 +256,58 @@ def activation_group(ref: ActivationRef, timeout: float = 5.0):
         params = {"degree": int(params["degree"])}
     g = group(ref.name, timeout=timeout, **params)
     return dataclasses.replace(g, label=str(ref))
+
+
+# Groups used as structural constraints (not activation tables: these come from the
+# operations themselves: max-pooling commutes with positive scalings, constants with none).
+def structural(positive, negative=None, label=""):
+    """An engine group {P D : d_i in S} with S given by its positive part and negative element."""
+    from groupcalc import Scalings
+    from groupcalc._groups import IntertwinerGroup
+
+    return IntertwinerGroup.from_scalings(Scalings(positive, None, negative), label=label)
+
+
+def trivial_scalings(label="fixed scale"):
+    return structural("trivial", None, label)
+
+
+def positive_scalings(label):
+    return structural("all", None, label)
+
+
+def all_scalings(label):
+    return structural("all", -1, label)
+
+
+def sign_scalings(label):
+    return structural("trivial", -1, label)
+
+
+_TRANSPARENT: dict = {}
+
+
+def transparent(group) -> bool:
+    """Whether phi is the identity on S (then a tensor after the activation carries the same
+    element as before it)."""
+    import numpy as np
+
+    key = repr(group)
+    if key not in _TRANSPARENT:
+        s = group.one_dimensional()
+        vals = [1.0]
+        if s.positive != "trivial":
+            from groupcalc._groups import IntertwinerGroup
+
+            rng = np.random.default_rng(0)
+            vals += list(IntertwinerGroup.from_scalings(type(s)(s.positive, s.generator, None, s.phi)).sample_scalings(6, rng))
+        if s.negative is not None:
+            vals += [float(s.negative) * v for v in vals]
+        v = np.array(vals, dtype=float)
+        with np.errstate(all="ignore"):
+            out = group.phi_scalar(v)
+        _TRANSPARENT[key] = bool(np.allclose(out, v, rtol=1e-9, atol=1e-12))
+    return _TRANSPARENT[key]
 
 
 def is_elementwise(fn, example: torch.Tensor, trials: int = 2, tol: float = 1e-6) -> bool:

@@ -1,32 +1,45 @@
-"""Aligning two networks modulo their full symmetry group (permutations, scalings, signs).
+"""Aligning two networks modulo their full symmetry group.
 
-:func:`align` returns ``g`` with ``spec.act(g, model_b)`` as close as possible to ``model_a``:
+:func:`align` returns ``g`` with ``spec.act(g, model_b)`` as close as possible to ``model_a``,
+reading the models through the spec's public ``sites`` and ``bindings`` only:
 
-1. both models are put in canonical scalings (:func:`canonical_scalings`: unit-norm
-   incoming rows with positive sign keys), so the remaining freedom is a permutation per
-   permutation class;
+1. both models are put in their canonical frames (pass 1 of :func:`canonicalize`: monomial
+   sites get unit-norm rows with positive sign keys, orthogonal sites their eigenframe,
+   general-linear sites their balanced or whitened frame, block sites a frame per head), so
+   the remaining freedom is a permutation (head permutation) per permutation class;
 2. the permutations start from the canonical sorting of both models (which already maps any
    member of ``model_a``'s orbit onto ``model_a``) and are then improved:
 
    * ``method="weights"``: coordinate descent over linear assignment problems, as Git
      Re-Basin's weight matching (Ainsworth et al. 2023) does for permutations alone: for
-     each class in turn, maximise :math:`\\sum \\langle a_i, b_{\\pi(i)} \\rangle` over the
-     incoming rows and outgoing columns of its units, the other classes held fixed, until a
-     sweep changes nothing;
-   * ``method="activations"``: one assignment per class on the correlation of the classes'
-     pre-activation outputs on ``example_inputs`` (activations do not depend on other
-     classes' permutations);
+     each class in turn, maximise :math:`\\sum \\langle a_i, b_{\\pi(i)} \\rangle` over every
+     row of every tensor bound to its units (heads: over the rows of whole heads), the other
+     classes held fixed, and keep the new permutation only if the weight distance falls
+     (a weight binding the class on two dimensions makes the assignment a linearisation),
+     until a sweep changes nothing (``Block(H, Monomial)`` classes, whose permutations must
+     keep blocks together, keep the canonical sorting);
+   * ``method="activations"``: one assignment per monomial class on the correlation of the
+     sites' producer outputs on ``example_inputs``, kept where it beats the canonical sorting
+     strictly (classes whose producer output cannot be read, and head permutations, keep the
+     canonical sorting);
 
-3. with :math:`g_a, h_b` the canonical scalings of the two models,
-   :math:`g_1 = g_a^{-1} \\pi h_b` brings ``model_b`` into ``model_a``'s frame; finally
-   (``refine_scales=True``) each site's scalings are re-chosen to minimise the weight
-   distance to ``model_a`` (the distance is, per unit, a closed-form function of its
-   scaling t: quadratic in t for its incoming rows and batch-norm statistics, in 1/t for
-   its outgoing columns; minimised over a fine grid of S), site after site, twice.
+3. with :math:`g_a, h_b` the frames of the two models, :math:`g = g_a^{-1} \\pi h_b`; then
+   (``refine_scales=True``; when that is no better than leaving ``model_b`` alone, also
+   from the identity, keeping the better result: the frames of two unrelated models need
+   not be close) every orthogonal site is refined by orthogonal Procrustes and every
+   general-linear site by least squares on its rows (per head for block sites), and every
+   monomial site's scalings are re-chosen per unit to minimise the weight distance (a
+   closed-form function of the unit's scaling t for each binding: t, 1/t, phi(t), sign t,
+   t^2 for batch-norm variances; minimised over a fine grid of S), each step kept only if
+   it lowers the distance. Dense sites first try keeping model b's own basis (only the head
+   permutation applied), since the canonical frames of two unrelated models need not be
+   close. A unit whose distance keeps falling towards t -> 0 or t -> oo (the
+   infimum is not attained in S; e.g. batch-norm statistics favouring a vanishing unit) keeps
+   its scaling.
 
-For a planted pair (``model_b = spec.act(k, model_a)``) the canonical forms coincide and each
+For a planted pair (``model_b = spec.act(k, model_a)``) the frames coincide and each
 assignment problem has the identity as its unique optimum (Cauchy-Schwarz), so ``g`` undoes
-``k`` exactly (up to duplicate units).
+``k`` exactly (up to duplicate units and the ambiguities :func:`canonical_report` counts).
 """
 
 from __future__ import annotations
@@ -39,8 +52,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from ._canonical import _consumers_of, _perm_class_atoms, _producer_of, _rows, canonical_permutations, canonical_scalings
-from ._graph import Rep
+from ._canonical import (_frames_pass, _law, _perm_classes, _perm_element, _permutation_pass, _site_rows,
+                         get_tensor)
+from ._elements import MonomialElement
+from ._site_groups import Block, GeneralLinear, Monomial, Orthogonal
+from ._frames import least_squares, procrustes
 from ._spec import SymmetryElement, SymmetrySpec, _as_tuple, symmetry_spec
 
 __all__ = ["align", "AlignmentReport", "weight_distance"]
@@ -73,110 +89,266 @@ def weight_distance(model_a: nn.Module, model_b: nn.Module) -> float:
     return math.sqrt(total)
 
 
-def _unit_features(spec, mods, atoms, g):
-    """Per-unit features (rows and columns) of the given atoms under ``g``."""
-    feats = []
-    for atom in atoms:
-        call = _producer_of(spec, atom.axis)
-        feats.append(_rows(spec, call, mods[call.module], g, atom, stats=True))
-        for ccall, pos in _consumers_of(spec, atom.id):
-            W = spec.transformed_parameters(ccall, mods[ccall.module], g, inputs=False, outputs=True)["weight"]
-            feats.append(_columns_from(W, pos))
-    return feats
+def _bound(spec, model) -> dict:
+    """The tensors bound to some site, by canonical name."""
+    return {fqn: get_tensor(model, fqn) for fqn in spec.bindings}
 
 
-def _columns_from(W, pos):
-    W = W.detach().to(torch.float64)
-    cols = W[:, pos.reshape(-1)].reshape(W.shape[0], pos.shape[0], pos.shape[1], -1)
-    return cols.permute(1, 0, 2, 3).reshape(pos.shape[0], -1)
+def _state(spec, g, model) -> dict:
+    """Every bound tensor of ``model`` under ``g`` (``transformed_tensors`` may return only the
+    tensors ``g`` moves)."""
+    out = _bound(spec, model)
+    out.update(spec.transformed_tensors(g, model))
+    return out
 
 
-def _with_perm(g: SymmetryElement, holder: str, perm) -> SymmetryElement:
-    perms = dict(g.perms)
-    perms[holder] = perm
-    return SymmetryElement(perms, dict(g.scales))
+def _dist2(Ta: dict, Tb: dict) -> float:
+    """Squared distance over the bound tensors (the others do not move)."""
+    return sum(float(((Ta[k].detach().double() - v.detach().double().to(Ta[k].device)) ** 2).sum()) for k, v in Tb.items())
 
 
-def _weight_matching(spec, mods_a, mods_b, init: SymmetryElement, max_iter: int, seed: int):
-    holders = list(spec._perm_site.values())
-    atoms = {h: _perm_class_atoms(spec, h) for h in holders}
-    ident = spec.identity()
-    feats_a = {h: _unit_features(spec, mods_a, atoms[h], ident) for h in holders}
+def _rows_of(spec, model, site):
+    """All rows (units x features) of every tensor bound to ``site``, in a fixed order."""
+    out = []
+    for fqn, bounds in spec.bindings.items():
+        t = None
+        for b in bounds:
+            if b.site == site.name:
+                t = get_tensor(model, fqn) if t is None else t
+                out.append(_site_rows(t, b, {}, ()))
+    return out
+
+
+def _with(g: SymmetryElement, updates: dict) -> SymmetryElement:
+    return SymmetryElement({**dict(g), **updates})
+
+
+# Permutations -----------------------------------------------------------------------------------
+
+def _class_cost(spec, fa_model, moved, sites, order):
+    """(cost matrix to maximise, heads?) over the units (heads) of one permutation class:
+    model a's rows against ``moved``'s rows put back in model b's order (``order``: the
+    class's current permutation), so that dimensions bound to other classes, or to this one
+    (a weight mapping the class to itself), stay where the current element puts them."""
+    g = sites[0].group
+    heads = isinstance(g, Block) and not isinstance(g.inner, Monomial)
+    back = torch.argsort(order)
+    cost = None
+    for s in sites:
+        for ra, rb in zip(_rows_of(spec, fa_model, s), _rows_of(spec, moved, s)):
+            if heads:
+                H = s.group.heads
+                ra, rb = ra.reshape(H, -1), rb.reshape(H, -1)
+            c = ra.cpu() @ rb.cpu()[back].T
+            cost = c if cost is None else cost + c
+    return cost, heads
+
+
+def _weight_matching(spec, ca, cb, init: SymmetryElement, max_iter: int, seed: int):
+    classes = [(h, ss) for h, ss in _perm_classes(spec).items()
+               if not (isinstance(ss[0].group, Block) and isinstance(ss[0].group.inner, Monomial))]
     g = init
+    Ta = _bound(spec, ca)
+    moved = _state(spec, g, cb)
+    best = _dist2(Ta, moved)
     rng = np.random.default_rng(seed)
     it = 0
     for it in range(1, max_iter + 1):
         changed = False
-        for i in rng.permutation(len(holders)):
-            h = holders[i]
-            n = spec.site(h).size
-            trial = _with_perm(g, h, torch.arange(n))
-            fb = _unit_features(spec, mods_b, atoms[h], trial)
-            cost = sum((fa.cpu() @ fbb.cpu().T) for fa, fbb in zip(feats_a[h], fb)).numpy()
-            _, cols = linear_sum_assignment(cost, maximize=True)
+        for i in rng.permutation(len(classes)):
+            holder, sites = classes[i]
+            heads = isinstance(sites[0].group, Block)
+            old = _current_order(g.get(sites[0].name), sites[0], heads)
+            cost, heads = _class_cost(spec, Ta, moved, sites, old)
+            if cost is None:
+                continue
+            _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
             new = torch.as_tensor(cols, dtype=torch.long)
-            old = g.perms.get(h, torch.arange(n))
+            if torch.equal(new, old):
+                continue
+            trial = _with(g, {s.name: _perm_element(s, new, heads=heads) for s in sites})
+            tmoved = _state(spec, trial, cb)
+            d = _dist2(Ta, tmoved)
             # keep the current permutation unless the new one is strictly better
-            if not torch.equal(new, old.cpu()) and cost[np.arange(n), cols].sum() > cost[np.arange(n), old.cpu().numpy()].sum() * (1 + 1e-12) + 1e-12:
-                g = _with_perm(g, h, new)
-                changed = True
+            if d < best * (1 - 1e-12) - 1e-30:
+                g, moved, best, changed = trial, tmoved, d, True
         if not changed:
             break
     return g, it
 
 
-def _activation_matching(spec, ca, cb, inputs):
-    holders = list(spec._perm_site.values())
-    acts = {}
-
-    def record(model, key):
-        out = {}
-        hooks = []
-        mods = dict(model.named_modules())
-        for call in spec._a.calls:
-            def hook(_m, _i, y, name=call.module):
-                out[name] = y.detach()
-            hooks.append(mods[call.module].register_forward_hook(hook))
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(*inputs)
-        finally:
-            for hd in hooks:
-                hd.remove()
-            for m, t in modes:
-                m.training = t
-        acts[key] = out
-
-    record(ca, "a")
-    record(cb, "b")
-    perms = {}
-    for h in holders:
-        n = spec.site(h).size
-        cost = np.zeros((n, n))
-        for atom in _perm_class_atoms(spec, h):
-            call = _producer_of(spec, atom.axis)
-            za, zb = (acts[k][call.module] for k in ("a", "b"))
-            dim = 1 if call.kind != "linear" else za.dim() - 1
-            za = za.movedim(dim, 0)[atom.start:atom.stop].reshape(atom.size, -1).double().cpu()
-            zb = zb.movedim(dim, 0)[atom.start:atom.stop].reshape(atom.size, -1).double().cpu()
-            za = za - za.mean(1, keepdim=True)
-            zb = zb - zb.mean(1, keepdim=True)
-            za = za / za.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            zb = zb / zb.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            cost += (za @ zb.T).numpy()
-        _, cols = linear_sum_assignment(cost, maximize=True)
-        perms[h] = torch.as_tensor(cols, dtype=torch.long)
-    return SymmetryElement(perms, {})
+def _current_order(el, site, heads):
+    n = site.group.heads if heads else site.size
+    if el is None:
+        return torch.arange(n)
+    if heads:
+        return el.head_perm.cpu()
+    return el.perm.cpu()
 
 
-def _candidates(group, fine_center=None):
+def _unit_dim(module, op, y):
+    if isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)) or op in ("aten.linear", "aten.addmm", "aten.mm",
+                                                                              "aten.matmul", "aten.embedding",
+                                                                              "aten.layer_norm"):
+        return y.dim() - 1
+    return 1 if y.dim() > 1 else 0
+
+
+def _producer_outputs(spec, model, inputs, kwargs=None):
+    """site name -> (units x samples) pre-activations read from the producing module's output."""
+    want = {}
+    mods = dict(model.named_modules())
+    for fqn, bounds in spec.bindings.items():
+        for b in bounds:
+            if b.site is None or b.site in want or b.variance not in ("co", "bn_gamma") or b.relation != "same":
+                continue
+            if b.chain or b.part is not None or b.module not in mods or not fqn.endswith(("weight", "bias")):
+                continue
+            want[b.site] = b
+    out, hooks = {}, []
+    for site, b in want.items():
+        m = mods[b.module]
+
+        def hook(mod, _i, y, site=site, b=b):
+            if isinstance(y, torch.Tensor):
+                d = _unit_dim(mod, b.op, y)
+                if y.shape[d] >= b.offset + b.length:
+                    z = y.detach().movedim(d, 0).narrow(0, b.offset, b.length)
+                    out[site] = z.reshape(b.length, -1).double().cpu()
+
+        hooks.append(m.register_forward_hook(hook))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs, **(kwargs or {}))
+    finally:
+        for hd in hooks:
+            hd.remove()
+        for m, t in modes:
+            m.training = t
+    return out
+
+
+def _activation_matching(spec, ca, cb, inputs, init, kwargs=None):
+    za, zb = _producer_outputs(spec, ca, inputs, kwargs), _producer_outputs(spec, cb, inputs, kwargs)
+    g = init
+    for holder, sites in _perm_classes(spec).items():
+        if not isinstance(sites[0].group, Monomial):
+            continue
+        cost = None
+        for s in sites:
+            if s.name not in za or s.name not in zb:
+                continue
+            a, b = za[s.name], zb[s.name]
+            a = a - a.mean(1, keepdim=True)
+            b = b - b.mean(1, keepdim=True)
+            a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            c = a @ b.T
+            cost = c if cost is None else cost + c
+        if cost is None:
+            continue
+        C = cost.numpy()
+        _, cols = linear_sum_assignment(C, maximize=True)
+        n = len(cols)
+        old = _current_order(g.get(sites[0].name), sites[0], False).numpy()
+        # keep the canonical sorting unless the correlation is strictly better (few samples
+        # make many assignments tie)
+        if C[np.arange(n), cols].sum() > C[np.arange(n), old].sum() * (1 + 1e-9) + 1e-9:
+            new = torch.as_tensor(cols, dtype=torch.long)
+            g = _with(g, {s.name: _perm_element(s, new, heads=False) for s in sites})
+    return g
+
+
+# Continuous refinement -------------------------------------------------------------------------
+
+def _dense_features(spec, model, site):
+    X, Y = [], []
+    for fqn, bounds in spec.bindings.items():
+        t = None
+        for b in bounds:
+            law = _law(b, site.name)
+            if law is None:
+                continue
+            t = get_tensor(model, fqn) if t is None else t
+            (X if law > 0 else Y).append(_site_rows(t, b, {}, ()))
+    cat = lambda parts: torch.cat(parts, 1) if parts else None  # noqa: E731
+    return cat(X), cat(Y)
+
+
+def _fit(group, Xa, Ya, Xb, Yb):
+    """The element of a dense group (O or GL) fitting b's features to a's."""
+    if isinstance(group, Orthogonal):
+        Fa = torch.cat([f for f in (Xa, Ya) if f is not None], 1)
+        Fb = torch.cat([f for f in (Xb, Yb) if f is not None], 1)
+        return procrustes(Fa, Fb)
+    if Xa is not None:
+        return least_squares(Xa, Xb)
+    return least_squares(Ya, Yb).dual()
+
+
+def _refine_dense(spec, model_a, moved, g):
+    from ._elements import BlockElement
+
+    Ta = _bound(spec, model_a)
+    for site in spec.sites:
+        grp = site.group
+        dense_block = isinstance(grp, Block) and isinstance(grp.inner, (Orthogonal, GeneralLinear))
+        if not (isinstance(grp, (Orthogonal, GeneralLinear)) or dense_block):
+            continue
+        # the frames map b's site onto a's frame, which is arbitrary for unrelated models:
+        # try keeping b's own basis (with the chosen head permutation) first
+        cur = g.get(site.name)
+        if cur is not None:
+            moved, g = _keep_if_closer(spec, Ta, moved, g, SymmetryElement({site.name: _perm_only(cur).compose(cur.inverse())}))
+        Xa, Ya = _dense_features(spec, model_a, site)
+        Xb, Yb = _dense_features(spec, moved, site)
+        if Xa is None and Ya is None:
+            continue
+        if dense_block:
+            H, d = grp.heads, grp.inner.n
+            sl = lambda F, h: None if F is None else F[h * d:(h + 1) * d]  # noqa: E731
+            blocks = [_fit(grp.inner, sl(Xa, h), sl(Ya, h), sl(Xb, h), sl(Yb, h)).matrix() for h in range(H)]
+            e = BlockElement(torch.stack(blocks), torch.arange(H))
+        else:
+            e = _fit(grp, Xa, Ya, Xb, Yb)
+        moved, g = _keep_if_closer(spec, Ta, moved, g, SymmetryElement({site.name: e}))
+    return moved, g
+
+
+def _perm_only(el):
+    """The permutation part of a dense site element (blocks: the head permutation)."""
+    from ._elements import BlockElement, DenseElement
+
+    if isinstance(el, BlockElement):
+        d = el.blocks.shape[1]
+        return BlockElement(torch.eye(d, dtype=el.dtype).expand(el.heads, d, d), el.head_perm)
+    return DenseElement(torch.eye(el.n, dtype=el.dtype), orthogonal=True)
+
+
+def _keep_if_closer(spec, Ta, moved, g, e):
+    """(moved, g) updated by ``e`` (in place) if that lowers the distance to model a."""
+    trial = spec.transformed_tensors(e, moved)
+    cur = {k: get_tensor(moved, k) for k in trial}  # only the tensors e moves differ
+    if _dist2(Ta, trial) < _dist2(Ta, cur):
+        with torch.no_grad():
+            for k, v in trial.items():
+                get_tensor(moved, k).copy_(v)
+        g = spec.compose(e, g)
+    return moved, g
+
+
+#: Half-width of the log grid of candidate scalings (|log t| <= LOG_GRID).
+LOG_GRID = 7.0
+
+
+def _candidates(scalings, fine_center=None):
     """Candidate scalings in S: a log grid (continuous part), powers (discrete) and signs."""
-    s = group.one_dimensional()
+    s = scalings
     if s.positive == "all":
         if fine_center is None:
-            u = np.concatenate([np.linspace(-7.0, 7.0, 1401), [0.0]])
+            u = np.concatenate([np.linspace(-LOG_GRID, LOG_GRID, 1401), [0.0]])
         else:
             u = np.concatenate([fine_center + np.linspace(-0.011, 0.011, 221), [0.0]])
         pos = np.exp(u)
@@ -189,110 +361,116 @@ def _candidates(group, fine_center=None):
     return pos
 
 
-def _site_terms(spec, site, mods_a, mods_b, g):
-    """Per-unit coefficients of the squared distance as a function of the site's scaling t
-    (the site's own scaling held at 1 in ``g``)."""
-    n = site.size
-    z = lambda: np.zeros(n)  # noqa: E731
-    T = {k: z() for k in ("R", "A", "C", "B", "Rm", "Am", "Rs", "As", "Ag")}
-    for atom in spec._classes[site._scale_class]:
-        call = _producer_of(spec, atom.axis)
-        pb = spec.transformed_parameters(call, mods_b[call.module], g)
-        sl = slice(atom.start, atom.stop)
-        if call.kind in ("batchnorm", "layernorm"):
-            keys = [k for k in ("weight", "bias") if k in pb]
-            ra = [getattr(mods_a[call.module], k).detach().double()[sl] for k in keys]
-            rb = [pb[k].double()[sl] for k in keys]
-        else:
-            ra = [mods_a[call.module].weight.detach().double()[sl].reshape(atom.size, -1)]
-            rb = [pb["weight"].double()[sl].reshape(atom.size, -1)]
-            if "bias" in pb:
-                ra.append(mods_a[call.module].bias.detach().double()[sl])
-                rb.append(pb["bias"].double()[sl])
-        for x, y in zip(ra, rb):
-            x, y = x.reshape(atom.size, -1).cpu(), y.reshape(atom.size, -1).cpu()
-            T["R"] += (y * y).sum(1).numpy()
-            T["A"] += (x * y).sum(1).numpy()
-        off = 0  # every atom of a scale class spans the whole site
-        for ccall in spec._a.calls:
-            if not isinstance(ccall.in_rep, Rep):
+def _scale_terms(spec, model_a, moved, site):
+    """[(R, A, f)] per binding: the squared distance is sum f(t)^2 R - 2 f(t) A per unit."""
+    terms = []
+    mods = dict(moved.named_modules())
+    for fqn, bounds in spec.bindings.items():
+        ta = tb = None
+        for b in bounds:
+            if b.site != site.name and b.other_site != site.name:
                 continue
-            for kind, aid, _, length, start in _pieces_at(spec, ccall.in_rep):
-                if kind != "axis" or aid != atom.id:
+            if b.site == site.name and b.other_site == site.name and b.variance in ("diag",):
+                continue
+            if b.site != site.name and b.length != site.size:
+                continue  # the input side of a diag / bn_gamma binding over several sites
+            f = _scale_law(b, site.name)
+            if f is None:
+                continue
+            if ta is None:
+                ta, tb = get_tensor(model_a, fqn), get_tensor(moved, fqn)
+            # (the input side of a diag / bn_gamma binding: rows along the output's units,
+            # which share the input's permutation)
+            xa, xb = _site_rows(ta, b, {}, ()), _site_rows(tb, b, {}, ())
+            if b.variance == "bn_var":
+                eps = getattr(mods.get(b.module), "eps", None)
+                if eps is None:
                     continue
-                if ccall.kind == "layernorm":
-                    continue  # its input sites have trivial scalings
-                pcb = spec.transformed_parameters(ccall, mods_b[ccall.module], g)
-                ma = mods_a[ccall.module]
-                if ccall.kind == "batchnorm":
-                    s2 = slice(start, start + length)
-                    if "running_mean" in pcb:
-                        mu_a, mu_b = ma.running_mean.double()[s2].cpu(), pcb["running_mean"].double()[s2].cpu()
-                        sd_a = torch.sqrt(ma.running_var.double()[s2] + ma.eps).cpu()
-                        sd_b = torch.sqrt(pcb["running_var"].double()[s2] + ma.eps).cpu()
-                        T["Rm"][off:off + length] += (mu_b * mu_b).numpy()
-                        T["Am"][off:off + length] += (mu_a * mu_b).numpy()
-                        T["Rs"][off:off + length] += (sd_b * sd_b).numpy()
-                        T["As"][off:off + length] += (sd_a * sd_b).numpy()
-                    if "weight" in pcb:
-                        T["Ag"][off:off + length] += (ma.weight.detach().double()[s2].cpu() * pcb["weight"].double()[s2].cpu()).numpy()
-                    continue
-                r = ccall.in_rep.repeat
-                pos = torch.arange(start, start + length)[:, None] * r + torch.arange(r)[None, :]
-                ca = _columns_from(ma.weight, pos).cpu()
-                cb = _columns_from(pcb["weight"], pos).cpu()
-                T["C"][off:off + length] += (cb * cb).sum(1).numpy()
-                T["B"][off:off + length] += (ca * cb).sum(1).numpy()
-    return T
+                xa, xb = xa + eps, xb + eps
+            terms.append(((xb * xb).sum(1).cpu().numpy(), (xa * xb).sum(1).cpu().numpy(), f))
+    return terms
 
 
-def _pieces_at(spec, rep):
-    from ._solve import _pieces
+def _scale_law(b, site):
+    """f(t) (a function of candidate scalings) by which binding ``b``'s rows scale."""
+    if b.site == site:
+        if b.variance == "perm":
+            return None
+        if b.variance == "bn_var":
+            return lambda t: t * t
+        if b.variance == "bn_gamma" and b.other_site == site:
+            return np.abs
+        e = 1 if b.variance in ("co", "diag", "bn_gamma") else -1
+        if b.relation == "dual":
+            e = -e
+        chain = b.chain
 
-    off = 0
-    for kind, aid, chain, length in _pieces(rep, spec._s.axis_atoms, spec._s.atoms):
-        yield kind, aid, chain, length, off
-        off += length
+        def f(t, e=e, chain=chain):
+            v = t
+            for act in chain:
+                v = act.phi_scalar(v)
+            return v if e > 0 else 1.0 / v
+
+        return f
+    if b.other_site == site:
+        if b.variance == "diag":
+            return lambda t: 1.0 / t
+        if b.variance == "bn_gamma":
+            return np.sign
+    return None
 
 
-def _objective(T, t):
-    """Squared distance (up to a constant) for candidate scalings ``t`` (units x candidates)."""
-    a = np.abs(t)
-    return (t * t * (T["R"] + T["Rm"])[:, None] - 2 * t * (T["A"] + T["Am"])[:, None]
-            + (T["C"][:, None] / (t * t)) - 2 * T["B"][:, None] / t
-            + a * a * T["Rs"][:, None] - 2 * a * T["As"][:, None] - 2 * np.sign(t) * T["Ag"][:, None])
+def _objective(terms, t):
+    out = np.zeros_like(t, dtype=float)
+    for R, A, f in terms:
+        v = f(t)
+        out += v * v * R[:, None] - 2 * v * A[:, None]
+    return out
 
 
-def _refine_scales(spec, model_a, model_b, sweeps: int = 2) -> SymmetryElement:
-    """Scalings T (no permutations) decreasing the distance from spec.act(T, model_b) to
-    model_a, by exact per-unit minimisation over S, site after site."""
-    mods_a, mods_b = dict(model_a.named_modules()), dict(model_b.named_modules())
-    g = spec.identity()
+def _refine_scales(spec, model_a, moved, g, sweeps: int = 2):
+    Ta = _bound(spec, model_a)
     for _ in range(sweeps):
         for site in spec.sites:
-            s = site.group.one_dimensional()
-            if s.positive == "trivial" and s.negative is None:
+            grp = site.group
+            inner = grp.inner if isinstance(grp, Block) else grp
+            if not isinstance(inner, Monomial) or (inner.scalings.positive == "trivial" and inner.scalings.negative is None):
                 continue
-            trial = SymmetryElement(dict(g.perms), {**g.scales, site.name: torch.ones(site.size, dtype=torch.float64)})
-            T = _site_terms(spec, site, mods_a, mods_b, trial)
-            cand = _candidates(site.group)
-            f = _objective(T, np.broadcast_to(cand, (site.size, len(cand))))
-            best = cand[np.argmin(f, axis=1)]
-            if s.positive == "all":
-                fine = np.stack([np.sign(b) * _candidates(site.group, math.log(abs(b)))[: 222] for b in best])
-                fine = fine[:, :222]
-                ff = _objective(T, fine)
-                best = fine[np.arange(site.size), np.argmin(ff, axis=1)]
-            cur = _objective(T, np.ones((site.size, 1)))[:, 0]
-            newf = _objective(T, best[:, None])[:, 0]
+            terms = _scale_terms(spec, model_a, moved, site)
+            if not terms:
+                continue
+            n = site.size
+            cand = _candidates(inner.scalings)
+            with np.errstate(all="ignore"):
+                f = _objective(terms, np.broadcast_to(cand, (n, len(cand))).copy())
+                best = cand[np.nanargmin(np.where(np.isfinite(f), f, np.inf), axis=1)]
+                if inner.scalings.positive == "all":
+                    # an optimum on the edge of the grid is an infimum at t -> 0 or oo (not
+                    # attained in S): keep the unit's scaling rather than drift to the edge
+                    best = np.where(np.abs(np.log(np.abs(best))) >= LOG_GRID - 1e-9, 1.0, best)
+                    fine = np.stack([np.sign(b) * _candidates(inner.scalings, math.log(abs(b)))[:222] for b in best])
+                    ff = _objective(terms, fine)
+                    best = fine[np.arange(n), np.argmin(np.where(np.isfinite(ff), ff, np.inf), axis=1)]
+                cur = _objective(terms, np.ones((n, 1)))[:, 0]
+                newf = _objective(terms, best[:, None])[:, 0]
             best = np.where(newf < cur, best, 1.0)
-            g = SymmetryElement(dict(g.perms), {**g.scales, site.name: torch.as_tensor(best, dtype=torch.float64)})
-    return g
+            if np.all(best == 1.0):
+                continue
+            e = MonomialElement(torch.arange(n), torch.as_tensor(best, dtype=torch.float64))
+            moved, g = _keep_if_closer(spec, Ta, moved, g, SymmetryElement({site.name: e}))
+    return moved, g
+
+
+def _refined(spec, model_a, model_b, g):
+    moved = spec.act(g, model_b)
+    moved, g = _refine_dense(spec, model_a, moved, g)
+    moved, g = _refine_scales(spec, model_a, moved, g)
+    return g, weight_distance(model_a, moved)
 
 
 def align(model_a: nn.Module, model_b: nn.Module, example_inputs, method: str = "weights", *,
-          spec: SymmetrySpec | None = None, max_iter: int = 100, seed: int = 0, refine_scales: bool = True,
-          return_report: bool = False):
+          spec: SymmetrySpec | None = None, example_kwargs: dict | None = None, max_iter: int = 100, seed: int = 0,
+          refine_scales: bool = True, tol: float = 1e-8, return_report: bool = False):
     """The group element ``g`` bringing ``model_b`` closest to ``model_a``.
 
     Parameters
@@ -304,13 +482,18 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs, method: str = 
     method : {"weights", "activations"}
     spec : SymmetrySpec, optional
         Spec of the architecture (traced from ``model_a`` when absent).
+    example_kwargs : dict, optional
+        Keyword inputs for the tracing and the forward passes (``attention_mask``, ...).
     max_iter : int
         Maximum coordinate-descent sweeps for weight matching.
     seed : int
         Seed of the random order of classes in each sweep.
     refine_scales : bool
-        After the permutations, minimise the weight distance over each site's scalings
-        (per unit, exactly over a fine grid of S; two sweeps over the sites).
+        After the permutations, refine the continuous part: Procrustes / least squares on the
+        dense sites, per-unit scalings on the monomial sites (each kept only if it lowers the
+        weight distance).
+    tol : float
+        Tolerance of the canonical frames (dead units, vanishing sign keys).
     return_report : bool
         Also return an :class:`AlignmentReport` with the distances before and after.
 
@@ -324,22 +507,26 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs, method: str = 
         raise ValueError(f"Argument 'method' must be 'weights' or 'activations', not {method!r}.")
     inputs = _as_tuple(example_inputs)
     if spec is None:
-        spec = symmetry_spec(model_a, inputs)
-    spec._check_model(model_b)
-    ga = canonical_scalings(spec, model_a)
-    hb = canonical_scalings(spec, model_b)
-    ca, cb = spec.act(ga, model_a), spec.act(hb, model_b)
+        spec = symmetry_spec(model_a, inputs, example_kwargs)
+    spec.check_model(model_b)
+    ga, dead_a, inv_a, _, ca = _frames_pass(spec, model_a, tol)
+    hb, dead_b, inv_b, _, cb = _frames_pass(spec, model_b, tol)
+    pa = _permutation_pass(spec, ca, dead_a, inv_a)
+    pb = _permutation_pass(spec, cb, dead_b, inv_b)
+    init = spec.compose(spec.inverse(pa), pb)
     if method == "weights":
-        pa = canonical_permutations(spec, ca)
-        pb = canonical_permutations(spec, cb)
-        init = spec.compose(spec.inverse(pa), pb)
-        pi, iterations = _weight_matching(spec, dict(ca.named_modules()), dict(cb.named_modules()), init, max_iter, seed)
+        pi, iterations = _weight_matching(spec, ca, cb, init, max_iter, seed)
     else:
-        pi, iterations = _activation_matching(spec, ca, cb, inputs), 1
+        pi, iterations = _activation_matching(spec, ca, cb, inputs, init, example_kwargs), 1
     g = spec.compose(spec.inverse(ga), spec.compose(pi, hb))
     if refine_scales:
-        T = _refine_scales(spec, model_a, spec.act(g, model_b))
-        g = spec.compose(T, g)
+        g, d = _refined(spec, model_a, model_b, g)
+        # two unrelated models: the canonical frames need not be close; when the result is
+        # no better than leaving model b alone, refine from the identity and keep the better
+        if d >= weight_distance(model_a, model_b):
+            g0, d0 = _refined(spec, model_a, model_b, spec.identity())
+            if d0 < d:
+                g = g0
     if not return_report:
         return g
     report = AlignmentReport(method, weight_distance(model_a, model_b), weight_distance(model_a, spec.act(g, model_b)), iterations)

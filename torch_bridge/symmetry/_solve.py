@@ -1,16 +1,52 @@
-"""Solving the constraints of an :class:`~._graph.Analysis`: refine every axis into *atoms*
-(unit ranges on which all constraints are uniform), then join atoms into permutation classes
-and scaling classes (union-find) and intersect the groups each scaling class must lie in.
+"""Solving what the tracer recorded: refine every axis into *atoms* (unit ranges on which all
+constraints are uniform), join atoms into *classes* (one element per class: relation "same",
+or its inverse transpose: "dual" -- a union-find with parity), intersect the groups each class
+must lie in (starting from GL(n), in the lattice of :mod:`._site_groups`), and group classes
+that share a permutation (batch norm's input and output, the heads of queries, keys and
+values).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ._graph import Analysis, Rep, _trivial_group, transparent
+from ._activations import transparent
+from ._site_groups import ONE, Block, GeneralLinear, Monomial, Orthogonal, Scalar
+from ._trace import Constraint, Rep, Trace
 
-__all__ = ["Atom", "Solution", "solve"]
+__all__ = ["Atom", "Solution", "solve", "pieces"]
 
+
+class _ParityUF:
+    """Union-find with parity: parity 1 relates an atom to the inverse transpose of its root."""
+
+    def __init__(self, n):
+        self.p = list(range(n))
+        self.par = [0] * n  # parity relative to the parent
+        self.conflict = set()
+
+    def find(self, i):
+        path = []
+        while self.p[i] != i:
+            path.append(i)
+            i = self.p[i]
+        acc = 0
+        for j in reversed(path):
+            acc ^= self.par[j]
+            self.par[j] = acc
+            self.p[j] = i
+        return i, (self.par[path[0]] if path else 0)
+
+    def union(self, i, j, parity):
+        ri, pi = self.find(i)
+        rj, pj = self.find(j)
+        if ri == rj:
+            if pi ^ pj != parity:
+                self.conflict.add(ri)
+            return
+        lo, hi = min(ri, rj), max(ri, rj)
+        self.p[hi] = lo
+        self.par[hi] = pi ^ pj ^ parity
 
 
 class _UF:
@@ -45,20 +81,21 @@ class Atom:
 class Solution:
     atoms: list
     axis_atoms: dict  # axis id -> [atom ids in order]
-    scale_class: list  # atom id -> scale class id
-    perm_class: list  # atom id -> perm class id
-    groups: dict  # scale class -> IntertwinerGroup (None: unconstrained R*)
-    perm_frozen: set  # frozen perm classes
-    labels: dict  # scale class -> list of constraint labels
+    cls: list  # atom id -> class id (root atom)
+    parity: list  # atom id -> 0 (the class element) or 1 (its inverse transpose)
+    groups: dict  # class -> Group
+    reasons: dict  # class -> [constraint reasons]
+    perm_group: dict  # class -> perm-group id
+    absorbed: set  # classes whose scalings a later layer absorbs (batch-norm inputs, ...)
+    notes: list = field(default_factory=list)
 
 
-def _cut_positions(analysis, rep):
-    """Unit positions along ``rep`` where some atom or segment boundary falls."""
+def _cut_positions(tr, rep):
     cuts, pos = set(), 0
     for s in rep.segs:
         cuts.add(pos)
         if s.kind == "axis":
-            for c in analysis.axes[s.axis].cuts:
+            for c in tr.axes[s.axis].cuts:
                 if s.start < c < s.start + s.length:
                     cuts.add(pos + c - s.start)
         pos += s.length
@@ -66,11 +103,15 @@ def _cut_positions(analysis, rep):
     return cuts
 
 
-def _push_cuts(analysis, rep, cuts) -> bool:
+def _push_cuts(tr, rep, cuts) -> bool:
     changed, pos = False, 0
     for s in rep.segs:
         if s.kind == "axis":
-            ax = analysis.axes[s.axis]
+            ax = tr.axes[s.axis]
+            for local in (s.start, s.start + s.length):  # the segment's own ends (a slice)
+                if local not in ax.cuts:
+                    ax.cuts.add(local)
+                    changed = True
             for c in cuts:
                 if pos < c < pos + s.length:
                     local = s.start + c - pos
@@ -81,110 +122,193 @@ def _push_cuts(analysis, rep, cuts) -> bool:
     return changed
 
 
-def _pieces(rep, sol_axis_atoms, atoms):
-    """(kind, atom or None, chain, length) runs of ``rep`` at atom resolution."""
+def pieces(rep, axis_atoms, atoms):
+    """(kind, atom id or None, chain, length) runs of ``rep`` at atom resolution."""
     out = []
     for s in rep.segs:
         if s.kind != "axis":
             out.append((s.kind, None, (), s.length))
             continue
-        for aid in sol_axis_atoms[s.axis]:
+        for aid in axis_atoms[s.axis]:
             at = atoms[aid]
             if at.start >= s.start and at.stop <= s.start + s.length:
                 out.append(("axis", aid, s.chain, at.size))
     return out
 
 
-def solve(analysis: Analysis) -> Solution:
-    # Every axis starts cut at its ends and at every boundary of every rep that mentions it.
-    reps = [c[0] for c in analysis.constraints] + [r for a, b, _ in analysis.ties for r in (a, b) if isinstance(r, Rep)]
-    reps += [c.in_rep for c in analysis.calls if isinstance(c.in_rep, Rep)]
-    for ax in analysis.axes:
+def _group_of(c: Constraint, n: int):
+    if c.kind == "monomial":
+        return Monomial(n, c.scalings, c.perm != "fixed")
+    if c.kind == "orthogonal":
+        return Orthogonal(n)
+    if c.kind == "gl":
+        return GeneralLinear(n)
+    if c.kind == "scalar":
+        return Scalar(n, c.scalings)
+    if c.kind == "block":
+        if n % c.heads:
+            raise AssertionError("block constraint on a misaligned atom")
+        return Block(c.heads, _group_of(c.inner, n // c.heads), c.perm != "fixed")
+    raise AssertionError(c.kind)
+
+
+def _perm_size(g):
+    if isinstance(g, Monomial):
+        return ("monomial", g.n) if g.permutations and g.n > 1 else None
+    if isinstance(g, Block):
+        return ("block", g.heads) if g.head_perm else None
+    return None
+
+
+def _freeze_perm(g):
+    if isinstance(g, Monomial):
+        return Monomial(g.n, g.scalings, False)
+    if isinstance(g, Block):
+        return Block(g.heads, g.inner, False)
+    return g
+
+
+def solve(tr: Trace) -> Solution:
+    reps = [r for r, _ in tr.constraints]
+    reps += [r for t in tr.ties for r in (t.a, t.b) if isinstance(r, Rep)]
+    reps += [b.rep for b in tr.bindings if isinstance(b.rep, Rep)] + [b.other for b in tr.bindings if isinstance(b.other, Rep)]
+    for ax in tr.axes:
         ax.cuts |= {0, ax.size}
+    # head-split constraints cut at head boundaries only if a class is not one atom: the
+    # refinement below keeps atoms as large as the recorded representations allow
     for r in reps:
-        _push_cuts(analysis, r, _cut_positions(analysis, r))
+        _push_cuts(tr, r, _cut_positions(tr, r))
     changed = True
     while changed:
         changed = False
-        for a, b, _ in analysis.ties:
-            if isinstance(a, Rep) and isinstance(b, Rep):
-                cuts = _cut_positions(analysis, a) | _cut_positions(analysis, b)
-                changed |= _push_cuts(analysis, a, cuts)
-                changed |= _push_cuts(analysis, b, cuts)
+        for t in tr.ties:
+            if isinstance(t.a, Rep) and isinstance(t.b, Rep) and t.relation != "heads":
+                cuts = _cut_positions(tr, t.a) | _cut_positions(tr, t.b)
+                changed |= _push_cuts(tr, t.a, cuts)
+                changed |= _push_cuts(tr, t.b, cuts)
+        for b in tr.bindings:
+            if isinstance(b.rep, Rep) and isinstance(b.other, Rep):
+                cuts = _cut_positions(tr, b.rep) | _cut_positions(tr, b.other)
+                changed |= _push_cuts(tr, b.rep, cuts)
+                changed |= _push_cuts(tr, b.other, cuts)
     atoms, axis_atoms = [], {}
-    for ax in analysis.axes:
+    for ax in tr.axes:
         cs = sorted(ax.cuts)
         axis_atoms[ax.id] = []
         for lo, hi in zip(cs[:-1], cs[1:]):
             atoms.append(Atom(len(atoms), ax.id, lo, hi))
             axis_atoms[ax.id].append(atoms[-1].id)
     n = len(atoms)
-    full, perm = _UF(n), _UF(n)
-    trivial_atoms: set = set()
-    frozen_atoms: set = set()
-    atom_constraints: dict = {i: [] for i in range(n)}
-    for a, b, mode in analysis.ties:
-        if not (isinstance(a, Rep) and isinstance(b, Rep)):
-            r = a if isinstance(a, Rep) else b
-            for kind, aid, chain, _ in _pieces(r, axis_atoms, atoms):
+    uf, perm = _ParityUF(n), _UF(n)
+    trivial: dict = {}  # atom -> reason (scalings fixed to 1, permutation kept)
+    frozen: dict = {}  # atom -> reason (identity only)
+    perm_frozen: dict = {}  # atom -> reason (no permutation; diagonal part kept)
+    for t in tr.ties:
+        if not (isinstance(t.a, Rep) and isinstance(t.b, Rep)):
+            r = t.a if isinstance(t.a, Rep) else t.b
+            for kind, aid, chain, _ in pieces(r, axis_atoms, atoms):
                 if kind == "axis":
-                    # a tie with a fixed tensor pins the permutation, and the scale too for a full tie
-                    frozen_atoms.add(aid)
-                    if mode == "full":
-                        trivial_atoms.add(aid)
+                    frozen[aid] = t.reason or "tied to a fixed tensor"
             continue
-        pa, pb = _pieces(a, axis_atoms, atoms), _pieces(b, axis_atoms, atoms)
-        # Walk both at atom resolution (boundaries agree after the refinement).
-        i = j = 0
-        while i < len(pa) and j < len(pb):
-            ka, ia, ca, la = pa[i]
-            kb, ib, cb, lb = pb[j]
+        pa, pb = pieces(t.a, axis_atoms, atoms), pieces(t.b, axis_atoms, atoms)
+        if t.relation == "heads":
+            # the head permutation of a's class is the unit permutation of b's (sizes differ)
+            for ka, ia, _, _ in pa:
+                for kb, ib, _, _ in pb:
+                    if ka == "axis" and kb == "axis":
+                        perm.union(ia, ib)
+            continue
+        if len(pa) != len(pb):
+            raise AssertionError("refinement left misaligned atoms")
+        for (ka, ia, ca, la), (kb, ib, cb, lb) in zip(pa, pb):
             if la != lb:
                 raise AssertionError("refinement left misaligned atoms")
             if ka == "axis" and kb == "axis":
                 perm.union(ia, ib)
-                if mode == "full":
+                if t.relation in ("same", "dual"):
                     if all(transparent(g) for g in ca + cb):
-                        full.union(ia, ib)
+                        uf.union(ia, ib, 1 if t.relation == "dual" else 0)
                     else:
-                        trivial_atoms |= {ia, ib}
-            elif mode == "full" and "fixed" in (ka, kb):
-                for k, aid in ((ka, ia), (kb, ib)):
-                    if k == "axis":
-                        trivial_atoms.add(aid)
-                        frozen_atoms.add(aid)
-            elif mode == "perm" and "fixed" in (ka, kb):
-                for k, aid in ((ka, ia), (kb, ib)):
-                    if k == "axis":
-                        frozen_atoms.add(aid)
-            i += 1
-            j += 1
-    for rep, group, freeze_perm in analysis.constraints:
-        for kind, aid, chain, _ in _pieces(rep, axis_atoms, atoms):
+                        # phi_a(g_a) = phi_b(g_b) with non-identity phi: keep permutations only
+                        trivial[ia] = trivial[ib] = f"{t.reason} after an activation with phi != identity"
+                        if t.relation == "dual":
+                            uf.union(ia, ib, 1)
+            elif "axis" in (ka, kb) and "fixed" in (ka, kb):
+                # zero channels (padding) add no constraint; fixed ones pin the units
+                aid = ia if ka == "axis" else ib
+                if t.relation == "perm":
+                    perm_frozen[aid] = f"{t.reason}: permutation tied to fixed channels"
+                else:
+                    frozen[aid] = f"{t.reason}: tied to fixed channels"
+    cons: dict = {i: [] for i in range(n)}
+    for rep, c in tr.constraints:
+        ps = [p for p in pieces(rep, axis_atoms, atoms)]
+        for kind, aid, chain, length in ps:
             if kind != "axis":
                 continue
-            if freeze_perm:
-                frozen_atoms.add(aid)
-            if all(transparent(g) for g in chain):
-                atom_constraints[aid].append(group)
-            else:
-                trivial_atoms.add(aid)
-    # Frozen-for-permutations atoms with a trivial-scale constraint are fixed outright.
-    scale_class = [full.find(i) for i in range(n)]
-    perm_class = [perm.find(i) for i in range(n)]
-    # every atom of a scale class shares the permutation too
+            if chain and not all(transparent(g) for g in chain):
+                trivial[aid] = f"{c.reason} after an activation with phi != identity"
+                if c.kind == "monomial" and c.perm == "fixed":
+                    frozen[aid] = c.reason
+                continue
+            if c.kind == "block":
+                if len([p for p in ps if p[0] == "axis"]) != 1:
+                    # the heads span several atoms: keep what is sound on each piece
+                    if length % (rep.units // c.heads) == 0:
+                        h = length // (rep.units // c.heads)
+                        cons[aid].append((Constraint("block", c.reason, heads=h, inner=c.inner, perm="fixed"), c.reason))
+                    else:
+                        cons[aid].append((Constraint("scalar", c.reason + " (heads split across sites)"), c.reason))
+                    continue
+            cons[aid].append((c, c.reason))
+    cls = [uf.find(i)[0] for i in range(n)]
+    par = [uf.find(i)[1] for i in range(n)]
     for i in range(n):
-        perm.union(i, scale_class[i])
-    perm_class = [perm.find(i) for i in range(n)]
-    groups, labels = {}, {}
+        perm.union(i, cls[i])
+    groups, reasons = {}, {}
+    notes = []
     for i in range(n):
-        c = scale_class[i]
-        for g in atom_constraints[i]:
-            groups[c] = g if groups.get(c) is None else groups[c].intersect(g)
-            if g.label and g.label not in labels.setdefault(c, []):
-                labels[c].append(g.label)
-        if i in trivial_atoms:
-            t = _trivial_group("fixed scale")
-            groups[c] = t if groups.get(c) is None else groups[c].intersect(t)
-    perm_frozen = {perm_class[i] for i in frozen_atoms}
-    return Solution(atoms, axis_atoms, scale_class, perm_class, groups, perm_frozen, labels)
+        c = cls[i]
+        g = groups.get(c)
+        if g is None:
+            g = GeneralLinear(atoms[i].size)
+        for con, why in cons[i]:
+            m = g.meet(_group_of(con, atoms[i].size))
+            if not m.exact and m.reason:
+                notes.append(f"{why}: {m.reason}")
+            g = m.group
+            if why and why not in reasons.setdefault(c, []):
+                reasons[c].append(why)
+        if i in trivial:
+            g = g.intersect(Monomial(atoms[i].size, ONE))
+            reasons.setdefault(c, []).append(trivial[i]) if trivial[i] not in reasons.get(c, []) else None
+        if i in frozen:
+            g = g.intersect(Monomial(atoms[i].size, ONE, False))
+        if i in perm_frozen:
+            g = g.intersect(Monomial(atoms[i].size, None, False))
+        groups[c] = g
+    conflicts = {uf.find(a)[0] for a in uf.conflict}
+    for c in set(cls):
+        if c in conflicts:
+            # tied to its own inverse transpose: g = g^{-T}, i.e. g orthogonal (then both parities agree)
+            groups[c] = groups[c].intersect(Orthogonal(atoms[c].size))
+            reasons.setdefault(c, []).append("tied to its own inverse transpose (g = g^-T: orthogonal)")
+    # permutation groups: every class in one shares its permutation (or head permutation)
+    members: dict = {}
+    for c in set(cls):
+        members.setdefault(perm.find(c), set()).add(c)
+    perm_group = {}
+    for pid, cs in members.items():
+        for c in cs:
+            perm_group[c] = pid
+        if len(cs) < 2:
+            continue
+        kinds = {_perm_size(groups[c]) for c in cs}
+        has = {k[1] for k in kinds - {None}}  # a monomial perm of n units may share a head perm of n heads
+        if len(has) > 1 or (has and None in kinds and any(isinstance(groups[c], (Monomial, Block)) and
+                                                          _perm_size(groups[c]) is None for c in cs)):
+            for c in cs:
+                groups[c] = _freeze_perm(groups[c])
+    absorbed = {c for c in set(cls) if any(r.endswith("input") for r in reasons.get(c, []))}
+    return Solution(atoms, axis_atoms, cls, par, groups, reasons, perm_group, absorbed, notes)
+

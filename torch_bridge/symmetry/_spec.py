@@ -1,32 +1,33 @@
-"""The weight-space symmetry group of a network: :class:`SymmetrySpec`, its :class:`Site`
-list and its elements (:class:`SymmetryElement`), with the action on models.
+"""The weight-space symmetry group of a network: :class:`SymmetrySpec`, its :class:`Site` and
+:class:`Binding` lists and its elements (:class:`SymmetryElement`), with the action on models.
 
-Conventions. An element acts on a hidden vector of a site by
-:math:`(g \\cdot h)_i = s_i\\, h_{\\pi(i)}`, i.e. :math:`A = D P` with ``perm = pi`` and
-``scale = s``. A Linear/Conv layer producing the site becomes :math:`W' = A W`, ``b' = A b``;
-a layer consuming it after an activation :math:`\\sigma` becomes :math:`W' = W \\phi(A)^{-1}`
-(Proposition 3.4). A batch norm with input element :math:`D_1 P` and output element
-:math:`D_2 P` (eq. E.47) maps its running statistics to :math:`\\mu' = D_1 P \\mu`,
-:math:`v' = D_1^2 (P v + \\epsilon) - \\epsilon` and its affine parameters to
-:math:`\\gamma' = D_2\\, \\mathrm{sign}(D_1) P\\gamma`, :math:`\\beta' = D_2 P \\beta`, which is
-exact in eval mode (in training mode the batch statistics make it exact up to the
-:math:`\\epsilon` term).
+A *site* is a class of unit spaces carrying one element of its group (a group of
+:mod:`._site_groups`: monomial, orthogonal, general linear, scalar or block-diagonal per head).
+A *binding* says which dimension of which parameter the element acts on, and how (``co``:
+rows of a producer, ``W' = A W``; ``contra``: columns of a consumer, ``W' = W A^{-1}``, with
+the engine's :math:`\\phi(A)` after activations (Proposition 3.4); ``diag``, ``perm``,
+``bn_gamma``, ``bn_var``: the custom actions of gains, PReLU slopes and batch norm, eq. E.47).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from types import MappingProxyType
 
-import numpy as np
 import torch
 from torch import nn
 
-from ._graph import Analysis, Rep, Seg, transparent
-from ._solve import Solution, _pieces, solve
+from ._action import apply_bindings
+from ._capture import SymmetrySpecError, capture
+from ._elements import BlockElement, MonomialElement
+from ._site_groups import Block, Monomial
+from ._site import Binding, Site, SymmetryElement, _count_str, _fmt_count, _is_inf, _perm_count  # noqa: F401
+from ._solve import pieces, solve
+from ._trace import Rep, trace_graph
 
-__all__ = ["Site", "SymmetryElement", "SymmetrySpec", "symmetry_spec", "verify_equivalence"]
+__all__ = ["Site", "Binding", "SymmetryElement", "SymmetrySpec", "symmetry_spec", "verify_equivalence"]
 
 
 def _as_tuple(example_inputs):
@@ -37,165 +38,135 @@ def _as_tuple(example_inputs):
     raise TypeError(f"Argument 'example_inputs' must be a tensor or a tuple of tensors, not {type(example_inputs).__name__}.")
 
 
-def _monomial(group, label):
-    from groupcalc._groups import IntertwinerGroup
-
-    if group is None:
-        from groupcalc import Scalings
-
-        return IntertwinerGroup.from_scalings(Scalings("all", None, -1), label=label or "unconstrained")
-    if group.kind == "monomial":
-        return group
-    return IntertwinerGroup.from_scalings(group.one_dimensional(), label=group.label)
-
-
-@dataclass(frozen=True)
-class Site:
-    """A hidden axis (or a run of tied axes) with the group acting on it.
-
-    Attributes
-    ----------
-    name : str
-        The producing module of the site's first unit range (``"layers.0.0.bn1"``), with the
-        range when the site covers part of that module's outputs (``"...bn2[8:24]"``).
-    size : int
-        Number of units.
-    group : groupcalc.IntertwinerGroup
-        Monomial group ``{P D : d_i in S}``; ``group.positive_scalings`` and
-        ``group.negative_scalings`` describe S.
-    permutation : str
-        ``"free"``; ``"fixed"`` (the network pins the order, e.g. at the output); or the name
-        of the site whose permutation this one shares (batch-norm input and output).
-    members : tuple of str
-        Every module output range the site's element acts on (residual additions tie several).
-    constraints : tuple of str
-        What restricted S (activations, max-pooling, ...).
-    """
-
-    name: str
-    size: int
-    group: object
-    permutation: str
-    members: tuple
-    constraints: tuple = ()
-    _scale_class: int = field(default=-1, repr=False, compare=False)
-    _perm_class: int = field(default=-1, repr=False, compare=False)
-
-    @property
-    def dimension(self) -> int:
-        """Dimension of the continuous part of the scalings on this site."""
-        return self.size if self.group.positive_scalings == "all" else 0
-
-    @property
-    def components(self):
-        """Number of connected components this site contributes (its permutations counted
-        only on the site holding them); ``math.inf`` for discrete scalings."""
-        if self.group.positive_scalings == "discrete":
-            return math.inf
-        perms = math.factorial(self.size) if self.permutation == "free" else 1
-        return perms * (2 ** self.size if self.group.negative_scalings else 1)
-
-    def scalings_text(self) -> str:
-        return self.group.one_dimensional().describe()
-
-
-@dataclass(frozen=True, eq=False)
-class SymmetryElement:
-    """An element of a network's symmetry group: a permutation per site holding one (``perms``)
-    and the diagonal scalings per site (``scales``, float64); missing entries are identities."""
-
-    perms: dict
-    scales: dict
-
-    def to(self, device) -> "SymmetryElement":
-        return SymmetryElement({k: v.to(device) for k, v in self.perms.items()},
-                               {k: v.to(device) for k, v in self.scales.items()})
-
-
-def _is_inf(c) -> bool:
-    return isinstance(c, float) and math.isinf(c)
-
-
-def _count_str(c):
-    """Exact decimal string of a component count; None when infinite or too long for JSON."""
-    if _is_inf(c) or c.bit_length() > 10_000:
-        return None
-    return str(c)
-
-
-def _fmt_count(logc: float, exact) -> str:
-    if exact is not None and exact < 10**15:
-        return str(exact)
-    if _is_inf(logc):
-        return "inf"
-    return f"10^{logc:.1f}"
+def _head_perm(el, heads):
+    """The (head) permutation an element carries, to share it with other sites."""
+    if isinstance(el, BlockElement):
+        return el.head_perm
+    if isinstance(el, MonomialElement):
+        if heads is None:
+            return el.perm
+        d = el.n // heads
+        return el.perm.view(heads, d)[:, 0] // d
+    return None
 
 
 class SymmetrySpec:
-    """The sites of a traced network and its symmetry group (see :func:`symmetry_spec`)."""
+    """The sites of a captured network and its symmetry group (see :func:`symmetry_spec`)."""
 
-    def __init__(self, analysis: Analysis, solution: Solution):
-        self._a = analysis
-        self._s = solution
-        sol = solution
+    def __init__(self, tr, sol, strict=False):
+        self._tr, self._sol = tr, sol
         classes: dict = {}
         for at in sol.atoms:
-            classes.setdefault(sol.scale_class[at.id], []).append(at)
-        # principal of each permutation class (the site that holds the permutation): the
-        # first-created scale class that is not a batch-norm input, i.e. the one feeding the
-        # activation rather than the one the batch norm absorbs
-        bn_inputs = set()
-        for call in analysis.calls:
-            if call.kind in ("batchnorm", "layernorm") and isinstance(call.in_rep, Rep):
-                bn_inputs |= {aid for k, aid, _, _ in _pieces(call.in_rep, sol.axis_atoms, sol.atoms) if k == "axis"}
-        absorbed = {sol.scale_class[a] for a in bn_inputs}
+            classes.setdefault(sol.cls[at.id], []).append(at)
+        self._classes = classes
+
+        def atom_name(at):
+            ax = tr.axes[at.axis]
+            return ax.module + ("" if (at.start, at.stop) == (0, ax.size) else f"[{at.start}:{at.stop}]")
+
         perm_members: dict = {}
         for c in classes:
-            perm_members.setdefault(sol.perm_class[classes[c][0].id], []).append(c)
-        self._principal = {p: min(cs, key=lambda c: (c in absorbed, classes[c][0].id)) for p, cs in perm_members.items()
-                           if p not in sol.perm_frozen}
-        self._classes = classes
-        names = {}
-        for c, ats in classes.items():
-            at = ats[0]
-            ax = analysis.axes[at.axis]
-            names[c] = ax.module + ("" if (at.start, at.stop) == (0, ax.size) else f"[{at.start}:{at.stop}]")
-        self._class_name = names
-        sites = []
+            perm_members.setdefault(sol.perm_group[c], []).append(c)
+        holder = {}
+        for p, cs in perm_members.items():
+            h = min(cs, key=lambda c: (c in sol.absorbed, classes[c][0].id))
+            for c in cs:
+                holder[c] = h
+        self._holder = holder
+        sites, site_of_class = [], {}
         for c in sorted(classes, key=lambda c: classes[c][0].id):
             ats = classes[c]
-            group = _monomial(sol.groups.get(c), " & ".join(sol.labels.get(c, [])))
-            p = sol.perm_class[ats[0].id]
-            if p in sol.perm_frozen:
-                perm = "fixed"
-            elif self._principal[p] == c:
+            g = sol.groups[c]
+            shares = _perm_size_of(g)
+            if holder[c] != c and shares:
+                perm = atom_name(classes[holder[c]][0])
+            elif shares:
                 perm = "free"
             else:
-                perm = names[self._principal[p]]
-            trivial_s = group.positive_scalings == "trivial" and not group.negative_scalings
-            if trivial_s and (perm != "free" or ats[0].size < 2):
+                perm = "fixed"
+            if _trivial(g, holder[c] == c):
                 continue
-            members = tuple(
-                analysis.axes[a.axis].module + ("" if (a.start, a.stop) == (0, analysis.axes[a.axis].size) else f"[{a.start}:{a.stop}]")
-                for a in ats)
-            sites.append(Site(names[c], ats[0].size, group, perm, members, tuple(sol.labels.get(c, [])), c, p))
+            members = tuple(("dual:" if sol.parity[a.id] else "") + atom_name(a) for a in ats)
+            site = Site(atom_name(ats[0]), ats[0].size, g, members, tuple(sol.reasons.get(c, [])), perm)
+            sites.append(site)
+            site_of_class[c] = site.name
+        # a permutation holder that is not a site (trivial) cannot lend its permutation
         self.sites = tuple(sites)
-        self._site_of_class = {s._scale_class: s for s in sites}
-        self._perm_site = {p: names[c] for p, c in self._principal.items() if c in self._site_of_class}
+        self._site_of_class = site_of_class
         self._by_name = {s.name: s for s in sites}
-        self.notes = tuple(analysis.notes)
-        self.activations = tuple(analysis.activations)
+        self._class_of_site = {v: k for k, v in site_of_class.items()}
+        notes = list(tr.notes) + list(sol.notes)
+        self.activations = tuple(tr.activations)
+        for node, ref, group in tr.activations:
+            status = getattr(group, "status", "proved")
+            label = getattr(group, "label", "") or ""
+            if status in ("unknown", "verified-numerically", "estimated") or "estimated" in label:
+                if strict:
+                    raise SymmetrySpecError(
+                        f"strict=True: the group of activation {ref} (node {node!r}) is not proved "
+                        f"(status {status!r}{', estimated numerically' if 'estimated' in label else ''}); "
+                        "pass strict=False to use it with a note")
+                if "estimated" not in label:  # numeric estimates are noted where they are made
+                    notes.append(f"the engine's group of activation {ref} (node {node!r}) has status {status!r}: "
+                                 f"{group.one_dimensional().describe()} is used"
+                                 + (" (a lower bound: all the engine established)" if status == "unknown" else ""))
+        if not self.sites:
+            notes.append(self._why_no_site())
+        self.notes = tuple(dict.fromkeys(notes))
+        self._bindings = self._public_bindings()
+
+    def _why_no_site(self) -> str:
+        tr = self._tr
+        if not tr.axes:
+            return "no site: no layer with parameters produces a hidden tensor the analysis can follow"
+        reasons = []
+        for c, rs in self._sol.reasons.items():
+            for r in rs:
+                if r not in reasons:
+                    reasons.append(r)
+        return "no site: every hidden unit space is fixed or trivial (" + ", ".join(reasons[:6]) + ")"
+
+    # Bindings ------------------------------------------------------------------------------
+    def _public_bindings(self):
+        sol, tr = self._sol, self._tr
+        out: dict = {}
+        for b in list(tr.bindings) + list(tr.uses):
+            primary = not any(b is u for u in tr.uses)
+            fqn = b.param
+            aliases = tr.cap.aliases.get(fqn, (fqn,))
+            mine = pieces(b.rep, sol.axis_atoms, sol.atoms)
+            others = [None] * len(mine)
+            if isinstance(b.other, Rep):
+                theirs = pieces(b.other, sol.axis_atoms, sol.atoms)
+                if [p[3] for p in theirs] == [p[3] for p in mine]:  # cut identically (perm-tied)
+                    others = [self._site_of_class.get(sol.cls[p[1]]) if p[0] == "axis" else None for p in theirs]
+            off = 0
+            for (kind, aid, chain, length), other_site in zip(mine, others):
+                site = self._site_of_class.get(sol.cls[aid]) if kind == "axis" else None
+                rel = "dual" if kind == "axis" and sol.parity[aid] else "same"
+                out.setdefault(fqn, []).append(Binding(fqn, aliases, b.dim, b.variance, site, off, length, b.rep.repeat,
+                                                       rel, tuple(chain), b.module, b.op, other_site, b.part, primary))
+                off += length
+        return MappingProxyType({k: tuple(v) for k, v in out.items()})
+
+    @property
+    def bindings(self) -> Mapping:
+        """Parameter/buffer name (one per underlying tensor) -> its :class:`Binding` tuple."""
+        return self._bindings
 
     # Introspection -----------------------------------------------------------------------
     def site(self, name: str) -> Site:
         try:
             return self._by_name[name]
         except KeyError:
-            raise KeyError(f"no site {name!r}; sites are {[s.name for s in self.sites]}") from None
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self._by_name), n=3)
+            raise KeyError(f"no site {name!r}" + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")) from None
 
     @property
     def dimension(self) -> int:
-        """Total dimension of the continuous symmetries."""
+        """Dimension of the continuous part of the group (sum over sites)."""
         return sum(s.dimension for s in self.sites)
 
     @property
@@ -205,13 +176,12 @@ class SymmetrySpec:
             c = s.components
             if _is_inf(c):
                 return math.inf
-            total += math.lgamma(s.size + 1) / math.log(10) if s.permutation == "free" else 0.0
-            total += s.size * math.log10(2) if s.group.negative_scalings else 0.0
+            total += math.log10(c) if c < 10**300 else _log10_big(c)
         return total
 
     @property
     def components(self):
-        """Total number of connected components (a Python int; ``math.inf`` if discrete)."""
+        """Number of connected components (an int; ``math.inf`` with discrete scalings)."""
         out = 1
         for s in self.sites:
             c = s.components
@@ -222,21 +192,12 @@ class SymmetrySpec:
 
     def summary(self) -> str:
         """A table of the sites with per-site and total dimension and components."""
-        rows = [("site", "size", "scalings S", "permutation", "dim", "components", "constraints")]
+        rows = [("site", "size", "group", "permutation", "dim", "components", "constraints")]
         for s in self.sites:
             perm = s.permutation if s.permutation in ("free", "fixed") else f"shared with {s.permutation}"
-            comps = s.components
-            if _is_inf(comps):
-                ctext = "inf"
-            elif s.permutation == "free" and s.group.negative_scalings:
-                ctext = f"{s.size}!·2^{s.size}"
-            elif s.permutation == "free":
-                ctext = f"{s.size}!"
-            elif s.group.negative_scalings:
-                ctext = f"2^{s.size}"
-            else:
-                ctext = "1"
-            rows.append((s.name, str(s.size), s.scalings_text(), perm, str(s.dimension), ctext, ", ".join(s.constraints)))
+            c = s.components
+            ctext = "inf" if _is_inf(c) else (str(c) if c < 10**6 else f"10^{_log10_big(c):.1f}")
+            rows.append((s.name, str(s.size), s.group.label, perm, str(s.dimension), ctext, ", ".join(s.constraints)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
         comps = self.components
@@ -254,256 +215,297 @@ class SymmetrySpec:
     def to_json(self) -> dict:
         comps = self.components
         return {
-            "sites": [{"name": s.name, "size": s.size, "positive_scalings": s.group.positive_scalings,
-                       "negative_scalings": s.group.negative_scalings, "generator": s.group.generator,
-                       "permutation": s.permutation, "dimension": s.dimension,
-                       "components": _count_str(s.components),
+            "sites": [{"name": s.name, "size": s.size, "group": repr(s.group), "label": s.group.label,
+                       "permutation": s.permutation, "dimension": s.dimension, "components": _count_str(s.components),
                        "members": list(s.members), "constraints": list(s.constraints)} for s in self.sites],
             "dimension": self.dimension,
-            "log10_components": self.log10_components,  # components is None when astronomically large
+            "log10_components": self.log10_components,
             "components": _count_str(comps),
             "notes": list(self.notes),
         }
 
     # The group ---------------------------------------------------------------------------
+    def element(self, elements: Mapping) -> SymmetryElement:
+        """A :class:`SymmetryElement` from site name -> element (missing: identity), checked."""
+        g = SymmetryElement(elements)
+        self._check(g)
+        return g
+
     def identity(self) -> SymmetryElement:
         """The identity element."""
-        perms = {self._perm_site[p]: torch.arange(self._by_name[self._perm_site[p]].size) for p in self._perm_site}
-        scales = {s.name: torch.ones(s.size, dtype=torch.float64) for s in self.sites}
-        return SymmetryElement(perms, scales)
+        return SymmetryElement({s.name: s.group.identity() for s in self.sites})
 
     def sample(self, generator: torch.Generator | None = None) -> SymmetryElement:
-        """A random element: uniform permutations and the scalings of each site's group
-        (``IntertwinerGroup.sample_scalings``: log-normal positive parts, random signs)."""
+        """A random element: each site's ``group.sample`` (permutations shared across the
+        sites of a permutation class: drawn once, by the site holding them)."""
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"Argument 'generator' must be a torch.Generator or None, not {type(generator).__name__}.")
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        rng = np.random.default_rng(seed)
-        perms = {name: torch.randperm(self._by_name[name].size, generator=generator) for name in self._perm_site.values()}
-        scales = {s.name: torch.as_tensor(s.group.sample_scalings(s.size, rng), dtype=torch.float64) for s in self.sites}
-        return SymmetryElement(perms, scales)
+        els, shared = {}, {}
+        order = sorted(self.sites, key=lambda s: s.permutation != "free")
+        for s in order:
+            if s.permutation not in ("free", "fixed") and s.permutation in shared:
+                els[s.name] = s.group.sample(generator, perm=shared[s.permutation])
+            elif s.permutation not in ("free", "fixed") and s.permutation not in self._by_name:
+                els[s.name] = _sample_fixed_perm(s.group, generator)
+            else:
+                el = s.group.sample(generator)
+                els[s.name] = el
+                if s.permutation == "free":
+                    shared[s.name] = _head_perm(el, s.group.heads if isinstance(s.group, Block) else None)
+        return SymmetryElement({s.name: els[s.name] for s in self.sites})
 
     def _check(self, g, name="g"):
         if not isinstance(g, SymmetryElement):
             raise TypeError(f"Argument {name!r} must be a SymmetryElement, not {type(g).__name__}.")
-        for k, v in g.perms.items():
-            if k not in self._by_name or self._by_name[k].permutation != "free":
-                raise ValueError(f"Argument {name!r} has a permutation for {k!r}, which is not a site holding one.")
-            if v.shape != (self._by_name[k].size,):
-                raise ValueError(f"Argument {name!r}: permutation of {k!r} must have shape ({self._by_name[k].size},), not {tuple(v.shape)}.")
-        for k, v in g.scales.items():
+        for k, v in g.items():
             if k not in self._by_name:
-                raise ValueError(f"Argument {name!r} has scalings for {k!r}, which is not a site.")
-            if v.shape != (self._by_name[k].size,):
-                raise ValueError(f"Argument {name!r}: scalings of {k!r} must have shape ({self._by_name[k].size},), not {tuple(v.shape)}.")
-
-    def _perm_of(self, g, site: Site):
-        """The permutation acting on ``site`` (its own or the one it shares)."""
-        holder = site.name if site.permutation == "free" else site.permutation
-        if site.permutation == "fixed" or holder not in g.perms:
-            return None
-        return g.perms[holder]
+                raise ValueError(f"Argument {name!r} has an element for {k!r}, which is not a site.")
+            if v.n != self._by_name[k].size:
+                raise ValueError(f"Argument {name!r}: the element of {k!r} acts on {v.n} units, the site has "
+                                 f"{self._by_name[k].size}.")
 
     def compose(self, g: SymmetryElement, h: SymmetryElement) -> SymmetryElement:
         """The product ``g h`` (``act(compose(g, h), m) == act(g, act(h, m))``)."""
         self._check(g, "g")
         self._check(h, "h")
-        perms = {}
-        for name in self._perm_site.values():
-            n = self._by_name[name].size
-            pg, ph = g.perms.get(name, torch.arange(n)), h.perms.get(name, torch.arange(n))
-            perms[name] = ph.to(pg.device)[pg]
-        scales = {}
+        out = {}
         for s in self.sites:
-            sg = g.scales.get(s.name, torch.ones(s.size, dtype=torch.float64))
-            sh = h.scales.get(s.name, torch.ones(s.size, dtype=torch.float64)).to(sg.device)
-            pg = self._perm_of(g, s)
-            scales[s.name] = sg * (sh if pg is None else sh[pg.to(sh.device)])
-        return SymmetryElement(perms, scales)
+            a, b = g.get(s.name), h.get(s.name)
+            out[s.name] = a.compose(b) if a is not None and b is not None else (a if a is not None else b)
+        return SymmetryElement({k: v for k, v in out.items() if v is not None})
 
     def inverse(self, g: SymmetryElement) -> SymmetryElement:
         """The inverse element."""
         self._check(g)
-        perms = {k: torch.argsort(v) for k, v in g.perms.items()}
-        scales = {}
-        for s in self.sites:
-            sg = g.scales.get(s.name, torch.ones(s.size, dtype=torch.float64))
-            p = self._perm_of(g, s)
-            scales[s.name] = 1.0 / (sg if p is None else sg[torch.argsort(p).to(sg.device)])
-        return SymmetryElement(perms, scales)
+        return SymmetryElement({k: v.inverse() for k, v in g.items()})
 
     def contains(self, g: SymmetryElement, tol: float = 1e-8) -> bool:
-        """Whether every permutation is one and every scaling lies in its site's S."""
+        """Whether every site's element lies in its group (and shared permutations agree)."""
         self._check(g)
-        for k, v in g.perms.items():
-            if not torch.equal(torch.sort(v.cpu()).values, torch.arange(len(v))):
+        for s in self.sites:
+            if s.name in g and not s.group.contains(g[s.name], tol):
                 return False
         for s in self.sites:
-            if s.name in g.scales and not bool(np.all(s.group.scalar_in_s(g.scales[s.name].cpu().numpy(), tol))):
-                return False
+            if s.permutation not in ("free", "fixed") and s.permutation in self._by_name:
+                h = self._by_name[s.permutation]
+                a = _head_perm(g.get(s.name, s.group.identity()), s.group.heads if isinstance(s.group, Block) else None)
+                b = _head_perm(g.get(h.name, h.group.identity()), h.group.heads if isinstance(h.group, Block) else None)
+                if a is not None and b is not None and not torch.equal(a.cpu(), b.cpu()):
+                    return False
         return True
 
     # The action ----------------------------------------------------------------------------
-    def _atom_element(self, g, aid):
-        sol = self._s
-        at = sol.atoms[aid]
-        c = sol.scale_class[aid]
-        site = self._site_of_class.get(c)
-        perm = torch.arange(at.size)
-        scale = torch.ones(at.size, dtype=torch.float64)
-        if site is not None:
-            p = self._perm_of(g, site)
-            if p is not None:
-                perm = p.cpu()
-            if site.name in g.scales:
-                scale = g.scales[site.name].detach().cpu().to(torch.float64)
-        elif sol.perm_class[aid] in self._perm_site:
-            holder = self._perm_site[sol.perm_class[aid]]
-            if holder in g.perms:
-                perm = g.perms[holder].cpu()
-        return perm, scale
-
-    def _expand(self, rep, g):
-        """(index, scale) over the entries of ``rep``'s dimension, or None for the identity."""
-        if not isinstance(rep, Rep):
+    def _class_element(self, g, c):
+        name = self._site_of_class.get(c)
+        if name is not None:
+            return g.get(name)
+        h = self._holder.get(c, c)
+        hname = self._site_of_class.get(h)
+        if hname is None or h == c or hname not in g:
             return None
-        idx, scl, off = [], [], 0
-        for kind, aid, chain, length in _pieces(rep, self._s.axis_atoms, self._s.atoms):
-            if kind == "axis":
-                perm, scale = self._atom_element(g, aid)
-                if chain and not all(transparent(gr) for gr in chain):
-                    v = scale.numpy()
-                    for gr in chain:
-                        v = gr.phi_scalar(v)
-                    scale = torch.as_tensor(np.asarray(v, dtype=float), dtype=torch.float64)
-                idx.append(perm + off)
-                scl.append(scale)
-            else:
-                idx.append(torch.arange(off, off + length))
-                scl.append(torch.ones(length, dtype=torch.float64))
-            off += length
-        idx, scl = torch.cat(idx), torch.cat(scl)
-        r = rep.repeat
-        if r > 1:
-            idx = (idx[:, None] * r + torch.arange(r)[None, :]).reshape(-1)
-            scl = scl.repeat_interleave(r)
-        return idx, scl
+        grp = self._sol.groups[c]
+        hp = _head_perm(g[hname], self._by_name[hname].group.heads if isinstance(self._by_name[hname].group, Block) else None)
+        if hp is None:
+            return None
+        if isinstance(grp, Monomial) and grp.permutations:
+            return MonomialElement(hp, torch.ones(grp.n, dtype=torch.float64))
+        if isinstance(grp, Block) and grp.head_perm:
+            d = grp.inner.n
+            return BlockElement(torch.eye(d, dtype=torch.float64).expand(grp.heads, d, d), hp)
+        return None
 
-    def _axis_rep(self, axis):
-        return Rep(0, (Seg("axis", self._a.axes[axis].size, axis, 0),))
+    def _element_of(self, g):
+        cache = {}
+        sol = self._sol
 
-    def transformed_parameters(self, call, module: nn.Module, g: SymmetryElement, inputs: bool = True, outputs: bool = True) -> dict:
-        """New values of ``module``'s parameters/buffers under ``g`` (nothing is modified)."""
-        out = self._expand(self._axis_rep(call.out_axis), g) if outputs else None
-        inp = self._expand(call.in_rep, g) if inputs else None
-        res = {}
-        if call.kind in ("linear", "conv"):
-            W = module.weight
-            dev = W.device
-            Wd = W.detach().to(torch.float64)
-            shape = (-1,) + (1,) * (W.dim() - 1)
-            if out is not None:
-                po, so = out[0].to(dev), out[1].to(dev)
-                Wd = Wd[po] * so.view(shape)
-            if inp is not None:
-                pi, si = inp[0].to(dev), inp[1].to(dev)
-                Wd = Wd[:, pi] / si.view((1, -1) + (1,) * (W.dim() - 2))
-            res["weight"] = Wd.to(W.dtype)
-            if module.bias is not None:
-                b = module.bias.detach().to(torch.float64)
-                if out is not None:
-                    b = b[po] * so
-                res["bias"] = b.to(module.bias.dtype)
-            return res
-        if call.kind == "layernorm":
-            if module.weight is None:
-                return res
-            dev = module.weight.device
-            n = module.weight.shape[0]
-            po, so = (out[0].to(dev), out[1].to(dev)) if out is not None else (torch.arange(n, device=dev), torch.ones(n, dtype=torch.float64, device=dev))
-            p = po if out is not None else (inp[0].to(dev) if inp is not None else po)
-            res["weight"] = (module.weight.detach().to(torch.float64)[p] * so).to(module.weight.dtype)
-            if module.bias is not None:
-                res["bias"] = (module.bias.detach().to(torch.float64)[p] * so).to(module.bias.dtype)
-            return res
-        # batch norm
-        ref = module.weight if module.weight is not None else module.running_mean
-        dev = ref.device if ref is not None else torch.device("cpu")
-        n = module.num_features
-        po, so = (out[0].to(dev), out[1].to(dev)) if out is not None else (torch.arange(n, device=dev), torch.ones(n, dtype=torch.float64, device=dev))
-        if inp is not None:
-            pi, si = inp[0].to(dev), inp[1].to(dev)
-        else:
-            pi, si = po, torch.ones(n, dtype=torch.float64, device=dev)
-        # input and output share the permutation (the tie of eq. E.47); when only one side is
-        # transformed, the permutation comes from the side that is.
-        p = po if out is not None else pi
-        sign = torch.sign(si)
-        if module.weight is not None:
-            res["weight"] = (module.weight.detach().to(torch.float64)[p] * so * sign).to(module.weight.dtype)
-            res["bias"] = (module.bias.detach().to(torch.float64)[p] * so).to(module.bias.dtype)
-        if module.running_mean is not None:
-            eps = module.eps
-            res["running_mean"] = (module.running_mean.to(torch.float64)[p] * si).to(module.running_mean.dtype)
-            res["running_var"] = (si**2 * (module.running_var.to(torch.float64)[p] + eps) - eps).to(module.running_var.dtype)
-        return res
+        def of(aid):
+            c = sol.cls[aid]
+            if c not in cache:
+                cache[c] = self._class_element(g, c)
+            el = cache[c]
+            if el is not None and sol.parity[aid]:
+                el = el.dual()
+            return el
+
+        return of
+
+    def check_model(self, model):
+        """Raise ``ValueError`` unless ``model`` has the architecture the spec was built from."""
+        self._check_model(model)
 
     def _check_model(self, model):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Argument 'model' must be an nn.Module, not {type(model).__name__}.")
-        mods = dict(model.named_modules())
-        for call in self._a.calls:
-            m, ref = mods.get(call.module), self._a.modules[call.module]
-            if m is None or type(m) is not type(ref) or getattr(m, "weight", None) is not None and m.weight.shape != ref.weight.shape:
-                raise ValueError(f"Argument 'model' does not have the architecture of the traced model (module {call.module!r}).")
-        return mods
+        ref = self._tr.cap.model
+        for fqn in self._tensor_bounds():
+            try:
+                t = _get_tensor(model, fqn)
+            except (AttributeError, KeyError):
+                raise ValueError(f"Argument 'model' does not have the architecture of the traced model "
+                                 f"(no tensor {fqn!r}).") from None
+            if t.shape != _get_tensor(ref, fqn).shape:
+                raise ValueError(f"Argument 'model' does not have the architecture of the traced model "
+                                 f"(tensor {fqn!r} has shape {tuple(t.shape)}).")
+
+    def _tensor_bounds(self):
+        out: dict = {}
+        for b in self._tr.bindings:
+            out.setdefault(b.param, []).append(b)
+        return out
+
+    def transformed_tensors(self, g: SymmetryElement, model: nn.Module) -> dict:
+        """Canonical tensor name -> its new value under ``g``, for the tensors ``g`` moves (a
+        tensor none of whose bindings touches a site of ``g`` is left out); nothing is modified."""
+        self._check(g)
+        of = self._element_of(g)
+        sol = self._sol
+
+        def touched(rep):
+            return isinstance(rep, Rep) and any(k == "axis" and of(a) is not None
+                                                for k, a, _, _ in pieces(rep, sol.axis_atoms, sol.atoms))
+
+        out = {}
+        for fqn, bounds in self._tensor_bounds().items():
+            if not any(touched(b.rep) or touched(b.other) for b in bounds):
+                continue
+            t = _get_tensor(model, fqn)
+            out[fqn] = apply_bindings(t, bounds, sol, of)
+        return out
 
     def act(self, g: SymmetryElement, model: nn.Module) -> nn.Module:
         """A transformed copy of ``model`` computing the same function (``model`` is untouched).
 
         ``model`` must have the architecture the spec was built from (it may have other
-        weights); the copy keeps its device and dtypes.
+        weights); the copy keeps its device and dtypes. Each underlying tensor is transformed
+        once, however many names (tied weights) or uses it has.
         """
         self._check(g)
         self._check_model(model)
-        new = copy.deepcopy(model)
-        self.act_(g, new, source=model)
+        new = _deepcopy(model)
+        values = self.transformed_tensors(g, model)
+        with torch.no_grad():
+            for fqn, v in values.items():
+                _get_tensor(new, fqn).copy_(v)
         return new
 
-    def act_(self, g: SymmetryElement, model: nn.Module, source: nn.Module | None = None) -> nn.Module:
-        """In-place version of :meth:`act` (reads ``source``'s tensors if given)."""
-        src = dict((source or model).named_modules())
-        dst = dict(model.named_modules())
+    def verify(self, model: nn.Module, inputs, kwargs: dict | None = None, g: SymmetryElement | None = None,
+               generator: torch.Generator | None = None, *, example_kwargs: dict | None = None) -> float:
+        """Act with ``g`` (default: a sample) on ``model`` and return the largest relative output
+        difference ``max |f'(x) - f(x)| / max |f(x)|`` on ``inputs`` (eval mode). Run it on
+        your own model: it checks the whole analysis end to end."""
+        kwargs = example_kwargs if kwargs is None else kwargs
+        g = self.sample(generator) if g is None else g
+        moved = self.act(g, model)
+        ya = _outputs(model, _as_tuple(inputs), kwargs)
+        yb = _outputs(moved, _as_tuple(inputs), kwargs)
+        scale = max((float(a.abs().max()) for a in ya if a.numel()), default=0.0)
+        diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ya, yb) if a.numel()), default=0.0)
+        return diff / scale if scale > 0 else diff
+
+
+def _deepcopy(model):
+    """``copy.deepcopy`` that also copies modules holding computed tensors as plain attributes
+    (a pruned module's ``weight`` = orig * mask after a forward): those are detached in the copy
+    (its forward pre-hook recomputes them from the transformed tensors)."""
+    held = []
+    for m in model.modules():
+        for k, v in list(m.__dict__.items()):
+            if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                held.append((m, k, v))
+                m.__dict__[k] = v.detach()
+    try:
+        return copy.deepcopy(model)
+    finally:
+        for m, k, v in held:
+            m.__dict__[k] = v
+
+
+def _sample_fixed_perm(group, generator):
+    n = group.heads if isinstance(group, Block) else group.n
+    return group.sample(generator, perm=torch.arange(n))
+
+
+def _perm_size_of(g):
+    if isinstance(g, Monomial):
+        return g.permutations and g.n > 1
+    if isinstance(g, Block):
+        return g.head_perm
+    return False
+
+
+def _trivial(g, is_holder) -> bool:
+    """A group with nothing to sample (a shared permutation is sampled by its holder)."""
+    if g.dimension > 0:
+        return False
+    if isinstance(g, Monomial):
+        from ._site_groups import ONE
+
+        if g.scalings == ONE:
+            return not (is_holder and g.permutations and g.n > 1)
+        return False
+    return g.components == 1
+
+
+def _log10_big(c: int) -> float:
+    """log10 of a (huge) positive int, without converting it to a decimal string."""
+    k = max(c.bit_length() - 60, 0)
+    return math.log10(c >> k) + k * math.log10(2)
+
+
+def _get_tensor(model, fqn):
+    mod, _, name = fqn.rpartition(".")
+    m = model.get_submodule(mod) if mod else model
+    if name in m._parameters and m._parameters[name] is not None:
+        return m._parameters[name]
+    if name in m._buffers and m._buffers[name] is not None:
+        return m._buffers[name]
+    raise AttributeError(fqn)
+
+
+def _leaves(y):
+    if isinstance(y, torch.Tensor):
+        yield y
+    elif isinstance(y, (tuple, list)):
+        for v in y:
+            yield from _leaves(v)
+    elif isinstance(y, dict) or hasattr(y, "items"):
+        for v in y.values():
+            yield from _leaves(v)
+
+
+def _outputs(model, inputs, kwargs=None):
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
         with torch.no_grad():
-            for call in self._a.calls:
-                new = self.transformed_parameters(call, src[call.module], g)
-                target = dst[call.module]
-                for k, v in new.items():
-                    getattr(target, k).copy_(v)
-        return model
-
-    @property
-    def calls(self):
-        return tuple(self._a.calls)
+            y = model(*inputs, **(kwargs or {}))
+    finally:
+        for m, t in modes:
+            m.training = t
+    return [t for t in _leaves(y)]
 
 
-def symmetry_spec(model: nn.Module, example_inputs, *, unknown: str = "error", timeout: float = 5.0) -> SymmetrySpec:
-    """Trace ``model`` and find every hidden axis a weight-space symmetry acts on.
+def symmetry_spec(model: nn.Module, example_inputs, example_kwargs: dict | None = None, *, strict: bool = False,
+                  unknown: str = "error", timeout: float | None = None) -> SymmetrySpec:
+    """Capture ``model`` with ``torch.export`` and find its weight-space symmetry group.
 
     Parameters
     ----------
     model : nn.Module
-        Any network torch.fx can trace, built from Linear/Conv/BatchNorm modules, elementwise
-        activations (modules or functions), pooling, flattening, residual additions,
-        concatenation and slicing/zero-padding of channels.
+        Any network ``torch.export.export(model, args, kwargs, strict=False)`` can capture.
     example_inputs : Tensor or tuple of Tensor
-        Inputs for one forward pass (shapes of every intermediate tensor).
+        Positional inputs for one forward pass (shapes of every intermediate tensor).
+    example_kwargs : dict, optional
+        Keyword inputs (e.g. ``{"use_cache": False}`` for Hugging Face decoders).
+    strict : bool
+        Refuse activations whose group is not proved (estimated numerically, or status
+        ``"unknown"``/``"verified-numerically"``) instead of noting them.
     unknown : {"error", "freeze"}
-        What to do with an operation the analysis cannot follow: raise a
-        :class:`SymmetrySpecError` naming it (default) or freeze the axes entering it
-        (identity only there; the rest of the group stays valid).
-    timeout : float
-        Seconds the engine may spend on each activation.
+        What to do with an operation no rule follows: raise a :class:`SymmetrySpecError`
+        naming it (default) or freeze the axes entering it (with a note).
+    timeout : float or None
+        Wall-clock guard in seconds for the engine on each activation (None: the engine's
+        default). The engine's answers are budgeted by counted work, not by this guard.
 
     Returns
     -------
@@ -513,42 +515,32 @@ def symmetry_spec(model: nn.Module, example_inputs, *, unknown: str = "error", t
     --------
     >>> from torch_bridge.models import mlp
     >>> spec = symmetry_spec(mlp([4, 3, 2], activation="tanh"), torch.zeros(1, 4))
-    >>> [(s.name, s.size, s.group.positive_scalings, s.group.negative_scalings) for s in spec.sites]
-    [('1', 3, 'trivial', True)]
+    >>> [(s.name, s.size, s.group) for s in spec.sites]
+    [('1', 3, Monomial(3, SIGNS, permutations=True))]
+    >>> spec.verify(mlp([4, 3, 2], activation="tanh"), torch.randn(5, 4)) < 1e-5
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Argument 'model' must be an nn.Module, not {type(model).__name__}.")
+    if unknown not in ("error", "freeze"):
+        raise ValueError(f"Argument 'unknown' must be 'error' or 'freeze', not {unknown!r}.")
+    if example_kwargs is not None and not isinstance(example_kwargs, dict):
+        raise TypeError(f"Argument 'example_kwargs' must be a dict or None, not {type(example_kwargs).__name__}.")
     inputs = _as_tuple(example_inputs)
-    analysis = Analysis(model, inputs, unknown=unknown, timeout=timeout)
-    return SymmetrySpec(analysis, solve(analysis))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cap = capture(model, inputs, example_kwargs)
+    tr = trace_graph(cap, unknown=unknown, timeout=timeout)
+    return SymmetrySpec(tr, solve(tr), strict=strict)
 
 
-def verify_equivalence(model_a: nn.Module, model_b: nn.Module, inputs) -> float:
+def verify_equivalence(model_a: nn.Module, model_b: nn.Module, inputs, kwargs: dict | None = None) -> float:
     """The largest absolute difference between the outputs of two models on ``inputs``,
     both evaluated in eval mode (their modes are restored afterwards)."""
     inputs = _as_tuple(inputs)
-    modes = [(m, m.training) for net in (model_a, model_b) for m in net.modules()]
-    try:
-        model_a.eval()
-        model_b.eval()
-        with torch.no_grad():
-            ya, yb = model_a(*inputs), model_b(*inputs)
-    finally:
-        for m, t in modes:
-            m.training = t
-    ta = [t for t in _leaves(ya)]
-    tb = [t for t in _leaves(yb)]
+    ta, tb = _outputs(model_a, inputs, kwargs), _outputs(model_b, inputs, kwargs)
     if len(ta) != len(tb):
         raise ValueError("the two models return different output structures")
     return max((float((a - b).abs().max()) if a.numel() else 0.0) for a, b in zip(ta, tb))
-
-
-def _leaves(y):
-    if isinstance(y, torch.Tensor):
-        yield y
-    elif isinstance(y, (tuple, list)):
-        for v in y:
-            yield from _leaves(v)
-    elif isinstance(y, dict):
-        for v in y.values():
-            yield from _leaves(v)

@@ -96,7 +96,8 @@ def _bn_var(t, b, runs, sol, element_of):
         el = _as_monomial(el)
         v = MonomialElement(el.perm, torch.ones(el.n, dtype=torch.float64)).apply(s, b.dim)
         sc = el.scale.to(torch.float64).to(s.device)
-        return sc**2 * (v + eps) - eps
+        # s^2 (v + eps) - eps written without the cancellation of two large terms
+        return sc**2 * v.to(torch.float64) + (sc**2 - 1) * eps
 
     return _piecewise(t, b.dim, 1, runs, var)
 

@@ -398,6 +398,10 @@ class SymmetrySpec:
         moved = self.act(g, model)
         ya = _outputs(model, _as_tuple(inputs), kwargs)
         yb = _outputs(moved, _as_tuple(inputs), kwargs)
+        if len(ya) != len(yb) or any(a.shape != b.shape for a, b in zip(ya, yb)):
+            return math.inf  # the moved model does not even return the same outputs
+        if any(not bool(torch.isfinite(b).all()) for b in yb if b.numel()):
+            return math.inf  # a NaN would vanish in max(); a broken action must not pass
         scale = max((float(a.abs().max()) for a in ya if a.numel()), default=0.0)
         diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ya, yb) if a.numel()), default=0.0)
         return diff / scale if scale > 0 else diff

@@ -280,7 +280,7 @@ class Trace:
                 # the row norms |v_i B^{-1}| are kept by orthogonal B only
                 self.constrain(rep, Constraint("orthogonal", f"weight norm of {param!r} (row norms)"))
                 self.note(f"weight norm in module {self.module(node)!r}: its input is claimed only under elements "
-                          "keeping row norms (orthogonal); rescaling g by the data-dependent row norms would allow more "
+                          "keeping row norms (orthogonal); rescaling g by the row norms of v (a parameter-dependent action) would allow more "
                           "(a sound subgroup)")
                 self._bind_plain(param, dim, rep, variance, other, part)
             return

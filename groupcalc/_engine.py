@@ -454,7 +454,7 @@ def _sigma_identity(p: Pieces, oracle, out: Analysis):
                f"n = 1 - sigma(1)/sigma(0) = {_fmt(n_expr)}")
     out.singular_n = ns
     out.step(f"sigma(I_n) = sigma(1) I + sigma(0) (1 1^T - I) (eigenvalues sigma(1) + (n-1) sigma(0), and sigma(1) - sigma(0) "
-             f"for n >= 2): {why}. Singular for n in {ns}.")
+             f"for n >= 2): {why}. " + (f"Singular for n in {ns}." if ns != [] else "Invertible for every n."))
 
 
 # -- step 6 ------------------------------------------------------------------------------

@@ -398,12 +398,10 @@ class SymmetrySpec:
         moved = self.act(g, model)
         ya = _outputs(model, _as_tuple(inputs), kwargs)
         yb = _outputs(moved, _as_tuple(inputs), kwargs)
-        if len(ya) != len(yb) or any(a.shape != b.shape for a, b in zip(ya, yb)):
+        if len(ya) != len(yb):
             return math.inf  # the moved model does not even return the same outputs
-        if any(not bool(torch.isfinite(b).all()) for b in yb if b.numel()):
-            return math.inf  # a NaN would vanish in max(); a broken action must not pass
         scale = max((float(a.abs().max()) for a in ya if a.numel()), default=0.0)
-        diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ya, yb) if a.numel()), default=0.0)
+        diff = _largest_difference(ya, yb)
         return diff / scale if scale > 0 else diff
 
 
@@ -547,4 +545,14 @@ def verify_equivalence(model_a: nn.Module, model_b: nn.Module, inputs, kwargs: d
     ta, tb = _outputs(model_a, inputs, kwargs), _outputs(model_b, inputs, kwargs)
     if len(ta) != len(tb):
         raise ValueError("the two models return different output structures")
-    return max((float((a - b).abs().max()) if a.numel() else 0.0) for a, b in zip(ta, tb))
+    return _largest_difference(ta, tb)
+
+
+def _largest_difference(ya, yb) -> float:
+    """max |a - b| over paired output tensors; inf where shapes differ or a value is not finite
+    (a NaN would otherwise vanish inside max() and a broken model would pass)."""
+    if any(a.shape != b.shape for a, b in zip(ya, yb)):
+        return math.inf
+    if any(not bool(torch.isfinite(t).all()) for t in (*ya, *yb) if t.numel()):
+        return math.inf
+    return max((float((a.double() - b.double()).abs().max()) for a, b in zip(ya, yb) if a.numel()), default=0.0)

@@ -10,7 +10,8 @@ All are small enough to export and run in well under a second on one CPU thread.
   lm_head tied to the token embedding.
 * :func:`llama_blocks` -- a LLaMA-style decoder written by hand: RMSNorm (hand-written
   ``x * rsqrt(mean(x^2) + eps) * w`` or ``nn.RMSNorm``), rotary embeddings (rotate-half form,
-  pairs ``(i, i + d/2)``), SwiGLU MLP, untied lm_head.
+  pairs ``(i, i + d/2)``), SwiGLU MLP, untied lm_head; optionally grouped-query attention
+  (``kv_heads``, ``llama_gqa_hand``: 2 key/value heads for 4 query heads, ``repeat_interleave``).
 * :func:`hf_gpt2`, :func:`hf_bert`, :func:`hf_vit`, :func:`hf_llama`, :func:`hf_t5` -- Hugging Face
   models from tiny configs (no download).
 * odd cases of the issue: :func:`tied_head`, :func:`weight_norm_mlp`, :func:`spectral_norm_mlp`,
@@ -159,15 +160,18 @@ def _rotate_half(x):
 
 class RotaryAttention(nn.Module):
     """LLaMA attention: q, k, v, o projections without bias, rotary embeddings on q and k
-    (frequency i on coordinates i and i + d/2), causal F.scaled_dot_product_attention."""
+    (frequency i on coordinates i and i + d/2), causal F.scaled_dot_product_attention; with
+    ``kv_heads`` < ``n_head`` grouped-query attention (key/value heads repeated with
+    ``repeat_interleave``, kv head j serving query heads j g .. j g + g - 1)."""
 
-    def __init__(self, dim, n_head, max_positions, base=10000.0):
+    def __init__(self, dim, n_head, max_positions, base=10000.0, kv_heads=None):
         super().__init__()
         self.n_head = n_head
+        self.kv_heads = kv_heads or n_head
         self.head_dim = dim // n_head
         self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
         inv_freq = 1.0 / (base ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
         angles = torch.outer(torch.arange(max_positions).float(), inv_freq)
@@ -178,20 +182,23 @@ class RotaryAttention(nn.Module):
     def forward(self, x):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = self.cos[:T], self.sin[:T]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        if self.kv_heads != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class _LlamaBlock(nn.Module):
-    def __init__(self, dim, n_head, hidden, max_positions, norm):
+    def __init__(self, dim, n_head, hidden, max_positions, norm, kv_heads=None):
         super().__init__()
         self.attention_norm = norm(dim)
-        self.attention = RotaryAttention(dim, n_head, max_positions)
+        self.attention = RotaryAttention(dim, n_head, max_positions, kv_heads=kv_heads)
         self.ffn_norm = norm(dim)
         self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
         self.w3 = nn.Linear(dim, hidden, bias=False)  # up
@@ -206,10 +213,11 @@ class _LlamaBlock(nn.Module):
 class LlamaBlocks(nn.Module):
     """Token embedding, LLaMA blocks (RMSNorm, rotary attention, SwiGLU), final norm, lm_head."""
 
-    def __init__(self, vocab, dim, n_head, n_layer, hidden, max_positions, norm):
+    def __init__(self, vocab, dim, n_head, n_layer, hidden, max_positions, norm, kv_heads=None):
         super().__init__()
         self.tok_embeddings = nn.Embedding(vocab, dim)
-        self.layers = nn.ModuleList(_LlamaBlock(dim, n_head, hidden, max_positions, norm) for _ in range(n_layer))
+        self.layers = nn.ModuleList(_LlamaBlock(dim, n_head, hidden, max_positions, norm, kv_heads)
+                                    for _ in range(n_layer))
         self.norm = norm(dim)
         self.output = nn.Linear(dim, vocab, bias=False)
 
@@ -220,9 +228,10 @@ class LlamaBlocks(nn.Module):
         return self.output(self.norm(x))
 
 
-def llama_blocks(norm: str = "hand", seed: int = 0):
+def llama_blocks(norm: str = "hand", seed: int = 0, kv_heads: int | None = None):
     """LLaMA-style decoder (E=32, H=4, L=2, SwiGLU width I=64); ``norm`` is ``"hand"`` (the
-    hand-written RMSNorm) or ``"module"`` (``nn.RMSNorm``, eps 1e-6)."""
+    hand-written RMSNorm) or ``"module"`` (``nn.RMSNorm``, eps 1e-6); ``kv_heads`` key/value
+    heads (grouped-query attention when fewer than H)."""
     c = CONFIG
     if norm == "hand":
         make = HandRMSNorm
@@ -232,7 +241,7 @@ def llama_blocks(norm: str = "hand", seed: int = 0):
     else:
         raise ValueError(f"Argument 'norm' must be 'hand' or 'module', not {norm!r}.")
     torch.manual_seed(seed)
-    m = LlamaBlocks(c["V"], c["E"], c["H"], c["L"], c["I"], c["max_positions"], make)
+    m = LlamaBlocks(c["V"], c["E"], c["H"], c["L"], c["I"], c["max_positions"], make, kv_heads)
     return randomize_norms(m, seed), (_tokens(),), {}
 
 
@@ -576,6 +585,7 @@ TRANSFORMERS = {
     "hf_llama": hf_llama,
     "hf_gpt2_untied": lambda seed=0: hf_gpt2(seed, tie=False),
     "hf_llama_tied": lambda seed=0: hf_llama(seed, tie=True),
+    "llama_gqa_hand": lambda seed=0: llama_blocks("hand", seed, kv_heads=2),
 }
 
 ODD_CASES = {

@@ -14,7 +14,8 @@ from groupcalc import Scalings, a
 from groupcalc._groups import IntertwinerGroup
 from torch_bridge.symmetry._elements import BlockElement, DenseElement, MonomialElement, ScalarElement
 from torch_bridge.symmetry._site_groups import (
-    GL, ONE, POSITIVE, R_NONZERO, SIGNS, Block, GeneralLinear, Meet, Monomial, Orthogonal, Scalar, as_scalings,
+    GL, ONE, POSITIVE, R_NONZERO, SIGNS, Block, GeneralLinear, Meet, Monomial, Orthogonal, Scalar, ScaledPermutation,
+    as_scalings,
 )
 
 TWO_Z = Scalings("discrete", 2, None)
@@ -27,6 +28,7 @@ GROUPS = [
     Scalar(N), Scalar(N, POSITIVE), Scalar(N, SIGNS),
     Block(2, GeneralLinear(3)), Block(3, GeneralLinear(2)), Block(2, Orthogonal(3)), Block(2, GeneralLinear(3), False),
     Block(2, Monomial(3, POSITIVE)), Block(3, Orthogonal(2), False), Block(2, Scalar(3)),
+    ScaledPermutation(N, SIGNS), ScaledPermutation(N, R_NONZERO), Block(2, ScaledPermutation(3, SIGNS)),
 ]
 IDS = [repr(g) for g in GROUPS]
 
@@ -257,6 +259,9 @@ def test_meets_by_hand():
     (Block(3, Orthogonal(2)), 3, 6 * 8),
     (Block(12, GeneralLinear(64)), 12 * 64 * 64, math.factorial(12) * 2**12),  # GPT-2 small's q/k heads
     (Block(2, Monomial(3, TWO_Z)), 0, math.inf),
+    (ScaledPermutation(4, SIGNS), 0, 24 * 2),        # c P: n! orders, c = +-1 (a layer norm's input)
+    (ScaledPermutation(4), 1, 24 * 2), (ScaledPermutation(4, POSITIVE), 1, 24),
+    (Block(2, ScaledPermutation(3, SIGNS)), 0, 2 * (6 * 2) ** 2),  # a group norm's input: a sign per group
 ])
 def test_dimension_and_components_by_hand(G, dim, comps):
     assert G.dimension == dim
@@ -266,7 +271,7 @@ def test_dimension_and_components_by_hand(G, dim, comps):
 
 def test_repr_round_trips():
     ns = {"GeneralLinear": GeneralLinear, "Orthogonal": Orthogonal, "Monomial": Monomial, "Scalar": Scalar,
-          "Block": Block, "R_NONZERO": R_NONZERO, "POSITIVE": POSITIVE, "SIGNS": SIGNS, "ONE": ONE,
+          "Block": Block, "ScaledPermutation": ScaledPermutation, "R_NONZERO": R_NONZERO, "POSITIVE": POSITIVE, "SIGNS": SIGNS, "ONE": ONE,
           "Scalings": Scalings, "S": __import__("sympy").S}
     for G in GROUPS + [Monomial(3, Scalings("discrete", __import__("sympy").Rational(3, 2), -1))]:
         assert eval(repr(G), ns) == G

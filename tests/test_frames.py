@@ -135,3 +135,17 @@ def test_bad_features_raise():
         orthogonal_frame(torch.zeros(3))
     with pytest.raises(ValueError, match="same number of rows"):
         dual_pair_frame(randn(2, 4, seed=0), randn(3, 4, seed=0))
+
+
+def test_dual_pair_frame_with_fewer_features_than_units_is_invertible_and_ambiguous():
+    # a GL(8) site fed by a 3-input layer (rows 8 x 4 with the bias): no rank-8 factorisation;
+    # the frame must stay an invertible element and say that it is not unique
+    from torch_bridge.symmetry._frames import dual_pair_frame
+
+    g = torch.Generator().manual_seed(0)
+    Rq = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    Rk = torch.randn(8, 24, generator=g, dtype=torch.float64)
+    f = dual_pair_frame(Rq, Rk)
+    A = f.element.matrix()
+    assert torch.linalg.matrix_rank(A) == 8
+    assert f.ambiguous > 0

@@ -125,3 +125,17 @@ def test_nullity_tied_nanogpt_loses_final_norm_scalings_and_stream_rotation():
     m = randomize_norms(NanoGPT(16, 8, 8, 2, 1))
     idx = torch.randint(0, 16, (40, 8), generator=gen(5))
     assert _jacobian_nullity(m, (idx,)) == 80 + (49 + 8 + 65 + 8 + 8)
+
+
+@pytest.mark.slow
+def test_nullity_multi_query_llama_is_hand_count_plus_stream_rotation():
+    """Grouped-query attention, independently (docs sec. 3 and 12): the 1-layer LLaMA above with one
+    key/value head for its 2 query heads: attention norm 8, q/k one commutant element (K d = 4, sec.
+    4), v/o one GL(4) (16), ffn norm 8, SwiGLU 16, final norm 8: 60 claimed, plus the stream's O(8)
+    through the gains (28): 88. Separate elements per query head would add 4 + 16 more."""
+    from _transformer_models import HandRMSNorm, LlamaBlocks, randomize_norms
+
+    torch.manual_seed(0)
+    m = randomize_norms(LlamaBlocks(16, 8, 2, 1, 16, 8, HandRMSNorm, kv_heads=1))
+    idx = torch.randint(0, 16, (24, 8), generator=gen(5))
+    assert _jacobian_nullity(m, (idx,)) == 60 + 28

@@ -302,3 +302,170 @@ def test_mobilenet_style_block_with_squeeze_excitation():
     spec = symmetry_spec(net, x)
     assert spec.dimension == 34
     assert keeps(spec, net, x) < 1e-10
+
+
+def _weight_normed(seed=0):
+    """Linear(6, 16) - ReLU - weight_norm(Linear(16, 16)) - tanh - Linear(16, 3), float64."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    torch.nn.utils.parametrizations.weight_norm(net[2])
+    return net.eval(), torch.randn(20, 6, dtype=torch.float64)
+
+
+def test_weight_norm_columns_rescale_the_magnitudes():
+    """W = g v / |v| per row (docs/transformer_symmetries.md, section 12): the ReLU site before
+    the weight-normed layer keeps its 16 positive scalings, v's columns taking (P D)^{-1} and g
+    rescaled by |v'_i| / |v_i|. Without the rescaling of g the same element breaks the function;
+    a negative scaling (the next larger group at a ReLU) breaks it too."""
+    net, x = _weight_normed()
+    spec = symmetry_spec(net, x)
+    relu = spec.site("0")
+    assert relu.group == Monomial(16, POSITIVE) and spec.dimension == 16
+    for seed in range(3):
+        assert spec.verify(net, x, generator=GEN().manual_seed(seed)) < 1e-10
+    # only the ReLU site moves: the magnitudes g change (parameter-dependent), and keeping them breaks it
+    g_name = next(k for k in spec.bindings if k.endswith("original0"))
+    g = SymmetryElement({"0": relu.group.sample(GEN().manual_seed(5))})
+    moved = spec.act(g, net)
+    with torch.no_grad():
+        assert float((moved(x) - net(x)).abs().max()) < 1e-10 * float(net(x).abs().max())
+        g_old = dict(net.named_parameters())[g_name]
+        assert not torch.allclose(dict(moved.named_parameters())[g_name], g_old)
+        dict(moved.named_parameters())[g_name].copy_(g_old)
+        assert float((moved(x) - net(x)).abs().max()) > 1e-3 * float(net(x).abs().max())
+    bad = SymmetryElement({"0": MonomialElement(torch.arange(16), torch.tensor([-1.0] + [1.0] * 15, dtype=torch.float64))})
+    assert not spec.contains(bad) and spec.verify(net, x, g=bad) > 1e-3
+
+
+def test_weight_norm_canonical_form_is_orbit_invariant():
+    from torch_bridge.symmetry import canonicalize, verify_equivalence
+
+    net, x = _weight_normed(1)
+    spec = symmetry_spec(net, x)
+    canon, _ = canonicalize(net, spec=spec)
+    assert verify_equivalence(net, canon, x) < 1e-9
+    other = spec.act(spec.sample(GEN().manual_seed(4)), net)
+    canon2, _ = canonicalize(other, spec=spec)
+    for (k, a), (_, b) in zip(canon.named_parameters(), canon2.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-9), k
+
+
+class TokenMLP(nn.Module):
+    """A token-mixing MLP on a residual stream: Linear(5 -> 7) over the token axis, an activation,
+    Linear(7 -> 5) back; ``reuse`` also adds the hidden tensor elsewhere (then its units are seen
+    by more than the second Linear and get no site)."""
+
+    def __init__(self, act, reuse=False):
+        super().__init__()
+        self.embed, self.fc1, self.fc2, self.head = nn.Linear(3, 6), nn.Linear(5, 7), nn.Linear(7, 5), nn.Linear(6, 2)
+        self.act, self.reuse = act, reuse
+
+    def forward(self, x):  # x: (B, tokens=5, 3)
+        h = torch.tanh(self.embed(x))
+        z = self.fc1(h.transpose(1, 2))  # (B, 6 channels, 7 token-hidden units)
+        y = self.fc2(self.act(z))
+        if self.reuse:
+            return self.head(h + y.transpose(1, 2)) + z.sum()
+        return self.head(h + y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("act, scalings", [(torch.relu, POSITIVE), (F.gelu, None)], ids=["relu", "gelu"])
+def test_token_mixing_hidden_units_get_a_site(act, scalings):
+    """The units a Linear over the token axis creates (7 here) are a site of their own when only
+    activations and the next token Linear read them (docs/transformer_symmetries.md section 10):
+    P D with D in the activation's S on fc1's rows and bias, fc2's columns by (P D)^{-1}. A
+    scaling outside S (a negative one for ReLU, any for GELU) breaks the function."""
+    from torch_bridge.symmetry._site_groups import ONE
+
+    torch.manual_seed(0)
+    net = TokenMLP(act).double()
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    spec = symmetry_spec(net, x)
+    hidden = spec.site("fc1")
+    assert hidden.group == Monomial(7, scalings or ONE) and hidden.permutation == "free"
+    assert any("token mixing in module 'fc1'" in n for n in spec.notes)
+    for seed in range(3):
+        assert keeps(spec, net, x, seed) < 1e-10
+    bad = torch.tensor([-1.0] + [1.0] * 6 if scalings is POSITIVE else [2.0] + [1.0] * 6, dtype=torch.float64)
+    g = {"fc1": MonomialElement(torch.arange(7), bad)}
+    assert not spec.contains(SymmetryElement(g)) and rel_change(spec, net, x, g) > 1e-3
+    # the hidden tensor read by something else too: no site for its units (noted)
+    spec = symmetry_spec(TokenMLP(act, reuse=True).double(), x)
+    assert "fc1" not in {s.name for s in spec.sites}
+    assert any("acts over a dimension other than the units" in n for n in spec.notes)
+
+
+
+@pytest.mark.parametrize("raw_first", [False, True])
+def test_weight_norm_direction_also_read_directly_is_refused(raw_first):
+    """Review (h1breview): v of a weight norm read directly too (F.linear(h, m.weight_v)): the
+    action moves v's rows as the weight norm's (permuted, g scaled), which the direct use would
+    not see (it changed the function by ~1 before); refused in either trace order, with the name."""
+    import warnings
+
+    from torch.nn.utils import weight_norm
+
+    from torch_bridge.symmetry import SymmetrySpecError
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.a, self.m, self.b = nn.Linear(3, 5), weight_norm(nn.Linear(5, 4)), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            if raw_first:
+                raw = torch.relu(F.linear(h, self.m.weight_v))
+                return self.b(raw + torch.relu(self.m(h)))
+            normed = torch.relu(self.m(h))
+            return self.b(normed + torch.relu(F.linear(h, self.m.weight_v)))
+
+    net = Mixed().double()
+    with pytest.raises(SymmetrySpecError, match="m.weight_v.*weight norm and directly"):
+        symmetry_spec(net, torch.randn(6, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("act, group", [(nn.ReLU, Monomial(6, POSITIVE)), (nn.Tanh, None)])
+def test_token_mixing_through_an_activation_module(act, group):
+    """Review (h1breview): token mixing whose activation is a module (nn.ReLU, nn.GELU as in
+    timm's Mixer; exported as one leaf node) gets its token-hidden site like F.gelu does. A
+    negative scaling of one hidden unit (the next larger group for ReLU) breaks it."""
+    from torch_bridge.symmetry._site_groups import SIGNS
+
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.f1, self.act, self.f2, self.out = nn.Linear(3, 4), nn.Linear(5, 6), act(), nn.Linear(6, 5), nn.Linear(4, 2)
+
+        def forward(self, x):  # (B, T=5, C=4)
+            h = self.inp(x)
+            return self.out(h + self.f2(self.act(self.f1(h.transpose(1, 2)))).transpose(1, 2))
+
+    net = Mixer().double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    spec = symmetry_spec(net, x)
+    assert spec.site("f1").group == (group or Monomial(6, SIGNS))
+    for seed in range(3):
+        assert keeps(spec, net, x, seed) < 1e-10
+    bad = SymmetryElement({"f1": MonomialElement(torch.arange(6), torch.tensor([-2.0] + [1.0] * 5, dtype=torch.float64))})
+    assert not spec.contains(bad) and spec.verify(net, x, g=bad) > 1e-3
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Identity])
+def test_weight_norm_on_a_conv_transpose_input_axis_keeps_negative_scalings(act):
+    """Review (h1breview): weight_norm(ConvTranspose1d) (dim=0, HiFi-GAN style) normalises over
+    its *input* channels, a contravariant axis: (P D)^-T = P D^-1 must permute v only and divide
+    g by d; scaling v by 1/d too lost sign(d) (relative change 1.2 under a negative scaling)."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    net = nn.Sequential(nn.Conv1d(3, 4, 3), act(), weight_norm(nn.ConvTranspose1d(4, 5, 3)), nn.ReLU(),
+                        nn.Conv1d(5, 2, 1)).double()
+    x = torch.randn(2, 3, 7, dtype=torch.float64)
+    spec = symmetry_spec(net, x)
+    assert spec.site("0").group.scalings.negative is not None  # tanh: signs; identity: R*
+    for seed in range(4):
+        assert keeps(spec, net, x, seed) < 1e-10
+    flip = SymmetryElement({"0": MonomialElement(torch.arange(4), torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64))})
+    assert spec.verify(net, x, g=flip) < 1e-10

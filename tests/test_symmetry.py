@@ -410,16 +410,18 @@ class WithCumsum(nn.Module):
 
 def test_layer_norm_permutes_with_its_affine_parameters():
     # Linear -> LayerNorm -> ReLU -> Linear: LN commutes with permutations (its gamma, beta
-    # permuted) but not with per-unit scalings of its input: the Linear output gets {1},
-    # sharing its permutation with the LN output, whose ReLU site gets (0, oo).
+    # permuted) and the global sign of its input, but not with per-unit scalings of it: the
+    # Linear output gets {+-1} I times permutations, sharing its permutation with the LN output,
+    # whose ReLU site gets (0, oo).
     net = nn.Sequential(nn.Linear(3, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 2)).double()
     with torch.no_grad():
         net[1].weight.normal_()
         net[1].bias.normal_()
     x = torch.randn(6, 3, dtype=torch.float64)
     spec = symmetry_spec(net, x)
-    (site,) = spec.sites
+    sign, site = spec.sites
     assert (site.name, site.permutation, pn(site.group)[0]) == ("1", "free", "all")
+    assert (sign.name, sign.permutation, sign.dimension, sign.components) == ("0", "1", 0, 2)
     moved = spec.act(spec.sample(torch.Generator().manual_seed(2)), net)
     assert verify_equivalence(net, moved, x) < 1e-12
     assert max_param_change(net, moved) > 1e-2
@@ -592,14 +594,13 @@ def test_pruned_weights_are_handled_exactly():
     assert _relative(spec, model, args, kwargs) <= 1e-5
 
 
-def test_weight_norm_is_handled_with_a_sound_subgroup():
+def test_weight_norm_is_handled_exactly():
     """parametrizations.weight_norm: W = g v / |v| per row. Rows: P D is v's rows permuted and g
-    scaled (exact); columns: only elements keeping the row norms |v_i B^-1| (orthogonal) are
-    claimed, so the relu site before it keeps permutations only: dimension 0 (noted)."""
+    scaled; columns: v's columns by B^-1 and g rescaled by |v'_i| / |v_i| (a parameter-dependent
+    action), so the relu site before it keeps its 16 positive scalings."""
     model, args, kwargs = TM.ODD_CASES["weight_norm"]()
     spec = symmetry_spec(model, args, kwargs)
-    assert spec.dimension == 0 and [s.size for s in spec.sites] == [16, 16]
-    assert any("weight norm in module '2'" in n for n in spec.notes)
+    assert spec.dimension == 16 and [s.size for s in spec.sites] == [16, 16]
     for seed in range(2):
         assert _relative(spec, model, args, kwargs, seed) <= 1e-5
 

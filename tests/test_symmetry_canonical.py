@@ -131,6 +131,7 @@ def test_dead_units_keep_scale_one():
 
 # Alignment ----------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::torch_bridge.symmetry.UnderdeterminedAlignmentWarning")  # tiny inputs
 @pytest.mark.parametrize("method", ["weights", "activations"])
 @pytest.mark.parametrize("name", ["mlp_relu", "mlp_tanh", "myrtle", "resnet20", "mlp_layernorm"])
 def test_alignment_recovers_a_planted_element(name, method):
@@ -147,6 +148,7 @@ def test_alignment_recovers_a_planted_element(name, method):
     assert all(torch.allclose(v, torch.ones_like(v), atol=1e-9) for v in e.scales.values())
 
 
+@pytest.mark.filterwarnings("ignore::torch_bridge.symmetry.UnderdeterminedAlignmentWarning")  # tiny inputs
 @pytest.mark.parametrize("name", ["mlp_relu", "myrtle", "resnet20"])
 def test_alignment_of_independent_networks_reduces_distance(name):
     a, x, spec = setup(name, seed=0)
@@ -296,7 +298,9 @@ def test_the_transformer_models_cover_every_group_kind():
     kinds = set()
     for name in ("nanogpt", "llama_folded", "linear_chain"):
         kinds |= _kinds(_transformer(name)[3])
-    assert {"GeneralLinear", "Orthogonal", "Monomial", "Scalar"} <= kinds
+    # (rotary heads carry ComplexDiagonal since issue 10's commutant; Scalar sites, the rotary
+    # fallback, are covered in tests/test_rules_attention.py)
+    assert {"GeneralLinear", "Orthogonal", "Monomial", "ComplexDiagonal"} <= kinds
 
 
 @pytest.mark.parametrize("name", TRANSFORMERS)
@@ -315,6 +319,7 @@ def test_transformer_canonical_form_is_orbit_invariant(name):
         assert_same_weights(canon, canon2, 1e-9)
 
 
+@pytest.mark.filterwarnings("ignore::torch_bridge.symmetry.UnderdeterminedAlignmentWarning")  # tiny inputs
 @pytest.mark.parametrize("method", ["weights", "activations"])
 @pytest.mark.parametrize("name", TRANSFORMERS)
 def test_transformer_alignment_recovers_a_planted_element(name, method):
@@ -365,6 +370,7 @@ def test_canonical_orthogonal_residual_stream_is_an_eigenframe():
     assert site.group.contains(g[site.name])
 
 
+@pytest.mark.filterwarnings("ignore::torch_bridge.symmetry.UnderdeterminedAlignmentWarning")  # tiny inputs
 def test_transformer_alignment_of_independent_networks_reduces_distance():
     a, args, kw, spec = _transformer("nanogpt")
     import _transformer_models as T

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._elements import MonomialElement
+from ._elements import MonomialElement, ScalarElement
 from ._solve import pieces
 
 __all__ = ["apply_bindings", "ACTIONS"]
@@ -51,6 +51,8 @@ def _piecewise(t, dim, repeat, runs, fn):
 
 
 def _as_monomial(el):
+    if isinstance(el, ScalarElement):  # c I (a layer-norm input whose permutation is frozen)
+        return MonomialElement(torch.arange(el.n, device=el.device), el.value.expand(el.n))
     if not isinstance(el, MonomialElement):
         raise AssertionError(f"expected a monomial element, got {type(el).__name__}")
     return el

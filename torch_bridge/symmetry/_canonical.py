@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ._elements import BlockElement, MonomialElement
-from ._site_groups import Block, GeneralLinear, Monomial, Orthogonal, Scalar
+from ._site_groups import Block, ComplexDiagonal, GeneralLinear, Monomial, Orthogonal, Scalar, ScaledPermutation
 from ._frames import (dual_pair_frame, general_linear_frame, monomial_scalings, orthogonal_frame, scalar_frame,
                       signature_order)
 from ._spec import SymmetryElement, SymmetrySpec, _as_tuple, symmetry_spec
@@ -162,8 +162,11 @@ def _features(spec: SymmetrySpec, model, site, done: set, dead_masks: dict) -> _
 # Pass 1: frames ---------------------------------------------------------------------------------
 
 def _dense_frame(group, X, Y, tol):
-    """Frame (element, invariants, ambiguous) of a dense (O or GL) group of size n."""
+    """Frame (element, invariants, ambiguous) of a dense (O or GL) group of size n, or of a
+    group that gives its own (:meth:`ComplexDiagonal.frame`: a complex scalar per pair)."""
     n = group.n
+    if isinstance(group, ComplexDiagonal):
+        return group.frame(X, Y, tol)
     if X is None and Y is None:
         return GeneralLinear(n).identity(), torch.zeros(n, dtype=torch.float64), n
     if isinstance(group, Orthogonal):
@@ -183,6 +186,10 @@ def _dense_frame(group, X, Y, tol):
 def _monomial_frame(group, X, Y, tol):
     """(element with identity permutation, dead mask) of a monomial group."""
     n = group.n
+    if isinstance(group, ScaledPermutation):
+        # one scalar for all units (c P): the frame of the whole row block, as for a Scalar site
+        c = _scalar_frame(Scalar(n, group.scalings), X, Y, tol).value
+        return MonomialElement(torch.arange(n), c.expand(n)), torch.zeros(n, dtype=torch.bool)
     if X is not None:
         return monomial_scalings(X, group, tol)
     if Y is not None:
@@ -209,7 +216,7 @@ def _site_frame(site, feats: _Features, tol):
         return e, dead, None, int(dead.sum()) + (g.n if unfixed else 0)
     if isinstance(g, Scalar):
         return _scalar_frame(g, X, Y, tol), None, None, 0
-    if isinstance(g, (Orthogonal, GeneralLinear)):
+    if isinstance(g, (Orthogonal, GeneralLinear, ComplexDiagonal)):
         e, _, amb = _dense_frame(g, X, Y, tol)
         return e, None, None, amb
     if isinstance(g, Block):

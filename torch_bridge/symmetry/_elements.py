@@ -15,6 +15,9 @@ they need and nothing dense that is not:
     any invertible matrix (``orthogonal=True`` when :math:`A^T A = I`);
 :class:`BlockElement`
     :math:`(A h)_a = B_a h_{\\pi(a)}` on blocks: an ``(H, d, d)`` stack and a head permutation.
+:class:`ComplexDiagonalElement`
+    a non-zero complex scalar per pair of units (a scaled rotation in each plane): the
+    commutant of rotary embeddings.
 
 ``apply(t, dim)`` maps ``t`` to :math:`A` applied along ``dim`` (the rows of a producer,
 ``W' = A W``); ``apply_dual(t, dim)`` applies :math:`A^{-T}` (the columns of a consumer:
@@ -41,7 +44,8 @@ import torch
 from groupcalc import a
 from groupcalc._groups import IntertwinerGroup
 
-__all__ = ["Element", "MonomialElement", "DenseElement", "ScalarElement", "BlockElement"]
+__all__ = ["Element", "MonomialElement", "DenseElement", "ScalarElement", "BlockElement", "ComplexDiagonalElement",
+           "PAIR_LAYOUTS", "pair_index"]
 
 
 def _check_n(n, name="n") -> int:
@@ -490,3 +494,103 @@ def _as_blocks(el: Element, H: int, tol: float):
     if bool((off > tol * norms[torch.arange(H), hp][:, None]).any()):
         return None
     return M[torch.arange(H), :, hp, :], hp
+
+
+# Complex scalars per pair of units (the commutant of rotary embeddings) -----------------------
+
+#: Pair layouts: "half" pairs unit i with i + n/2 (rotate_half, Hugging Face LLaMA), "interleaved"
+#: pairs 2i with 2i + 1 (GPT-J, the complex form of Meta's LLaMA).
+PAIR_LAYOUTS = ("half", "interleaved")
+
+
+def _check_layout(layout) -> str:
+    if layout not in PAIR_LAYOUTS:
+        raise ValueError(f"Argument 'layout' must be one of {PAIR_LAYOUTS}, not {layout!r}.")
+    return layout
+
+
+def pair_index(n: int, layout: str) -> tuple:
+    """(first, second): index vectors of the two units of every pair (``n // 2`` pairs)."""
+    m = n // 2
+    if _check_layout(layout) == "half":
+        return torch.arange(m), torch.arange(m, n)
+    return torch.arange(0, n, 2), torch.arange(1, n, 2)
+
+
+@dataclass(frozen=True, eq=False)
+class ComplexDiagonalElement(Element):
+    """:math:`A = \\bigoplus_i r_i R(\\phi_i)`: on pair ``i`` (units ``(p_i, q_i)`` of
+    ``layout``) the 2 x 2 block ``[[a_i, -b_i], [b_i, a_i]]``, i.e. multiplication of
+    :math:`h_{p_i} + \\mathrm{i}\\, h_{q_i}` by :math:`z_i = a_i + \\mathrm{i} b_i \\neq 0`
+    (``real = a``, ``imag = b``). Its inverse transpose is the scaled rotation by the same angle
+    with the inverse modulus, :math:`z \\mapsto 1/\\bar z`; its inverse is :math:`1/z`."""
+
+    real: torch.Tensor
+    imag: torch.Tensor
+    layout: str = "half"
+
+    def __post_init__(self):
+        a, b = _float_tensor(self.real, "real"), _float_tensor(self.imag, "imag")
+        if a.dim() != 1 or a.shape != b.shape:
+            raise ValueError(f"Arguments 'real' and 'imag' must be vectors of one length, not of shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}.")
+        b = b.to(a)
+        if bool(((a == 0) & (b == 0)).any()):
+            raise ValueError("Arguments 'real' and 'imag' must not both vanish on a pair (the element is singular).")
+        object.__setattr__(self, "real", a)
+        object.__setattr__(self, "imag", b)
+        object.__setattr__(self, "layout", _check_layout(self.layout))
+
+    def __repr__(self):
+        return f"ComplexDiagonalElement(real={_trepr(self.real)}, imag={_trepr(self.imag)}, layout={self.layout!r})"
+
+    @property
+    def n(self) -> int:
+        return 2 * self.real.shape[0]
+
+    def _ref(self):
+        return self.real
+
+    def to(self, dtype=None, device=None) -> "ComplexDiagonalElement":
+        return ComplexDiagonalElement(self.real.to(device=device, dtype=dtype), self.imag.to(device=device, dtype=dtype),
+                                      self.layout)
+
+    def matrix(self):
+        p, q = (i.to(self.device) for i in pair_index(self.n, self.layout))
+        A = torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)
+        A[p, p], A[q, q], A[p, q], A[q, p] = self.real, self.real, -self.imag, self.imag
+        return A
+
+    def _pairs(self, x, a, b, dev):
+        p, q = (i.to(dev) for i in pair_index(self.n, self.layout))
+        xp, xq = x[..., p], x[..., q]
+        y = torch.empty_like(x)
+        y[..., p] = a * xp - b * xq
+        y[..., q] = b * xp + a * xq
+        return y
+
+    def _fn(self, x, work, dev):
+        return self._pairs(x, self.real.to(dev, work), self.imag.to(dev, work), dev)
+
+    def _fn_dual(self, x, work, dev):
+        a, b = self.real.to(dev, work), self.imag.to(dev, work)
+        r2 = a * a + b * b  # 1 / conj(z) = z / |z|^2
+        return self._pairs(x, a / r2, b / r2, dev)
+
+    def _scaled(self, c):
+        return ComplexDiagonalElement(self.real * c.to(self.real), self.imag * c.to(self.real), self.layout)
+
+    def compose(self, other):
+        _same_n(self, other)
+        if isinstance(other, ComplexDiagonalElement) and other.layout == self.layout:
+            c, d = other.real.to(self.real), other.imag.to(self.real)
+            return ComplexDiagonalElement(self.real * c - self.imag * d, self.real * d + self.imag * c, self.layout)
+        return super().compose(other)
+
+    def inverse(self):
+        r2 = self.real**2 + self.imag**2
+        return ComplexDiagonalElement(self.real / r2, -self.imag / r2, self.layout)
+
+    def dual(self):
+        r2 = self.real**2 + self.imag**2
+        return ComplexDiagonalElement(self.real / r2, self.imag / r2, self.layout)

@@ -243,6 +243,11 @@ def dual_pair_frame(Rq: torch.Tensor, Rk: torch.Tensor, tol: float = 1e-8) -> Fr
     if Rq.shape[0] != Rk.shape[0]:
         raise ValueError(f"Arguments 'Rq' and 'Rk' must have the same number of rows, not {Rq.shape[0]} and {Rk.shape[0]}.")
     n = Rq.shape[0]
+    if min(Rq.shape[1], Rk.shape[1]) < n:
+        # fewer features than units (a GL site fed by a narrow layer): no rank-n factorisation;
+        # the whitening frame with the keys' Gram as contravariant features stays invertible
+        # and counts the undetermined directions as ambiguous
+        return general_linear_frame(Rq, Rk @ Rk.T, tol)
     Qq, Tq = torch.linalg.qr(Rq.T)  # Rq^T = Qq Tq
     Qk, Tk = torch.linalg.qr(Rk.T)
     u, s, vT = torch.linalg.svd(Tq @ Tk.T)

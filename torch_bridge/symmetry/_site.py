@@ -67,7 +67,8 @@ def _perm_count(g) -> int:
     if isinstance(g, Monomial):
         return math.factorial(g.n) if g.permutations else 1
     if isinstance(g, Block):
-        return math.factorial(g.heads) if g.head_perm else 1
+        inner = math.factorial(g.inner.n) ** g.heads if isinstance(g.inner, Monomial) and g.inner.permutations else 1
+        return (math.factorial(g.heads) if g.head_perm else 1) * inner  # blocks of monomials share all units' order
     return 1
 
 
@@ -83,7 +84,9 @@ class Binding:
     phi); ``variance`` "co", "contra", "perm", "diag", "bn_gamma" or "bn_var"; ``other_site``
     the input site of a "diag"/"bn_gamma" binding; ``part`` (j, G): only rows j of G groups;
     ``primary`` False for a later use of a tensor dimension already bound (a tied weight, a module
-    called twice): the relation ties it to the first, and the action applies the first only.
+    called twice): the relation ties it to the first, and the action applies the first only;
+    ``crossed`` True when the units lie along a dimension of a tensor that carries another site's
+    units along another one (token mixing): the module's output is then not "units x samples".
     """
 
     param: str
@@ -101,6 +104,7 @@ class Binding:
     other_site: str | None = None
     part: tuple | None = None
     primary: bool = True
+    crossed: bool = False
 
 
 class SymmetryElement(Mapping):

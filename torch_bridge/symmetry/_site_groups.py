@@ -11,8 +11,14 @@ A *site* is a hidden space of ``n`` units between two linear maps. Its group is 
     a :class:`groupcalc.Scalings` (the engine's :math:`S = G_{\\sigma_1}`, or one of the
     structural ones :data:`R_NONZERO`, :data:`POSITIVE`, :data:`SIGNS`, :data:`ONE`);
     ``permutations=False`` keeps only the diagonal (a frozen unit order);
+:class:`ScaledPermutation` ``ScaledPermutation(n, S)``
+    :math:`c P` with one :math:`c \\in S` for all units (a layer norm's input: permutations
+    times the global sign);
 :class:`Scalar` ``Scalar(n, S)``
     :math:`c I` with :math:`c \\in S`;
+:class:`ComplexDiagonal` ``ComplexDiagonal(n, layout)``
+    a non-zero complex scalar (a scaled rotation) on every pair of units of ``layout``: the
+    commutant of rotary embeddings, :math:`(\\mathbb C^*)^{n/2}`;
 :class:`Block` ``Block(H, inner)``
     block-diagonal matrices with ``H`` blocks of size ``d = n / H``, each block in ``inner``
     (a group of size ``d``), times a permutation of the blocks (``head_perm=True``): the
@@ -51,11 +57,12 @@ import torch
 from groupcalc import Scalings, a
 from groupcalc._groups import IntertwinerGroup
 
-from ._elements import (BlockElement, DenseElement, Element, MonomialElement, ScalarElement, _as_blocks, _as_monomial,
-                        _check_n, _perm_tensor)
+from ._elements import (PAIR_LAYOUTS, BlockElement, ComplexDiagonalElement, DenseElement, Element, MonomialElement,
+                        ScalarElement, _as_blocks, _as_monomial, _check_layout, _check_n, _perm_tensor, pair_index)
 
 __all__ = [
-    "Group", "GeneralLinear", "GL", "Orthogonal", "Monomial", "Scalar", "Block", "Meet",
+    "Group", "GeneralLinear", "GL", "Orthogonal", "Monomial", "ScaledPermutation", "Scalar", "Block", "Meet",
+    "ComplexDiagonal", "PAIR_LAYOUTS",
     "R_NONZERO", "POSITIVE", "SIGNS", "ONE", "as_scalings", "LOG_SINGULAR_STD",
 ]
 
@@ -389,6 +396,73 @@ class Monomial(Group):
                 f"dimension {self.dimension}, components {ctext} (n = {self.n}).")
 
 
+@dataclass(frozen=True, repr=False)
+class ScaledPermutation(Monomial):
+    """``{c P : c in S}``: permutations times one global scalar (a layer norm's input, where
+    :math:`\\mathrm{LN}(-x) = -\\mathrm{LN}(x)` but no per-unit sign or scaling is allowed).
+
+    A :class:`Monomial` whose scale vector is constant: its elements are
+    :class:`MonomialElement` values with ``scale = c 1``, so everything that permutes the units
+    of a monomial site (shared permutations, canonical orders, weight matching) applies; only
+    a *choice of scalings* must pick one ``c`` for all units. Dimension 1 when S+ = (0, oo),
+    else 0; components ``n!`` (if permutations) times 2 (if S has a negative number).
+
+    >>> G = ScaledPermutation(3, SIGNS)
+    >>> g = G.sample(torch.Generator().manual_seed(1))
+    >>> G.contains(g), G.contains(MonomialElement(g.perm, torch.tensor([1.0, -1.0, 1.0]))), G.components
+    (True, False, 12)
+    """
+
+    def __repr__(self):
+        return f"ScaledPermutation({self.n}, {_s_repr(self.scalings)}, permutations={self.permutations})"
+
+    def sample(self, generator=None, dtype=torch.float64, device=None, perm=None) -> MonomialElement:
+        """A uniform permutation (or ``perm``, for permutations tied across sites) times one
+        scalar drawn from S."""
+        g = self._rng(generator)
+        perm = _given_or_drawn(perm, self.n, self.permutations, g, "a group without permutations")
+        c = _s_sample(self.scalings, 1, g)[0]
+        return MonomialElement(perm, c.expand(self.n)).to(dtype, device)
+
+    def contains(self, element, tol=1e-8) -> bool:
+        """Monomial within ``tol``, the identity permutation unless ``permutations``, and one
+        pivot value ``c`` in S for every unit (relative ``tol``)."""
+        m = self._monomial_form(element, tol)
+        if m is None:
+            return False
+        perm, scale = m
+        if not self.permutations and not torch.equal(perm, torch.arange(self.n)):
+            return False
+        c = scale[0]
+        if bool(((scale - c).abs() > tol * c.abs()).any()):
+            return False
+        return _s_contains(self.scalings, c.reshape(1), tol)
+
+    @property
+    def dimension(self):
+        return 1 if self.scalings.positive == "all" else 0
+
+    @property
+    def components(self):
+        s = self.scalings
+        if s.positive == "discrete":
+            return math.inf
+        return (math.factorial(self.n) if self.permutations else 1) * (2 if s.negative is not None else 1)
+
+    @property
+    def diagonal_part(self):
+        return self.scalings if self.n == 1 else None
+
+    @property
+    def label(self) -> str:
+        return f"{'Perm x ' if self.permutations else ''}{_s_short(self.scalings)} I({self.n})"
+
+    def describe(self):
+        what = "c P with P a permutation" if self.permutations else "c I"
+        return (f"ScaledPermutation({self.n}): {what}, one c in S = {self.scalings.describe()} for all units; "
+                f"dimension {self.dimension}, components {self.components if self.components != math.inf else 'inf'}.")
+
+
 def _given_or_drawn(perm, n: int, free: bool, g, fixed: str) -> torch.Tensor:
     """``perm`` checked (a permutation of ``n``; the identity unless ``free``), or when None a
     uniform permutation (``free``) or the identity."""
@@ -487,15 +561,32 @@ class Block(Group):
     def sample(self, generator=None, dtype=torch.float64, device=None, perm=None) -> Element:
         """Independent blocks from ``inner`` and a uniform head permutation (if any);
         ``perm`` (a permutation of ``heads``) is used instead of drawing one, for head
-        permutations tied across sites (q, k, v)."""
+        permutations tied across sites (q, k, v); with a monomial ``inner`` it may also be a
+        permutation of all ``n`` units moving whole blocks (a group norm's channels)."""
         g = self._rng(generator)
         H, d = self.heads, self.inner.n
+        if isinstance(self.inner, Monomial) and perm is not None and len(perm) == self.n:
+            return self._sample_with_units(g, perm).to(dtype, device)
         hp = _given_or_drawn(perm, H, self.head_perm, g, "blocks in a fixed order")
         els = [self.inner.sample(g) for _ in range(H)]
         if isinstance(self.inner, Monomial):
             perm = torch.cat([hp[h] * d + e.perm for h, e in enumerate(els)])
             return MonomialElement(perm, torch.cat([e.scale for e in els])).to(dtype, device)
         return BlockElement(torch.stack([e.matrix() for e in els]), hp).to(dtype, device)
+
+    def _sample_with_units(self, g, perm) -> MonomialElement:
+        """Monomial blocks with a given permutation of all ``n`` units (shared with the other
+        sites of a permutation class, e.g. a group norm's input and output): it must move whole
+        blocks (and keep each block's order unless the inner group permutes); scalings drawn."""
+        H, d = self.heads, self.inner.n
+        p = _perm_tensor(perm, self.n, "perm").cpu()
+        src = p.view(H, d)
+        hp = src[:, 0] // d
+        if not bool((src // d == hp[:, None]).all()) or (not self.head_perm and not torch.equal(hp, torch.arange(H))):
+            raise ValueError(f"Argument 'perm' must move whole blocks of {d} units"
+                             + ("" if self.head_perm else " and keep the blocks in order") + ".")
+        els = [self.inner.sample(g, perm=src[h] % d) for h in range(H)]
+        return MonomialElement(p, torch.cat([e.scale for e in els]))
 
     def identity(self, dtype=torch.float64, device=None):
         if isinstance(self.inner, Monomial):
@@ -546,6 +637,167 @@ class Block(Group):
                 f"dimension {self.dimension}, components {self.components}.")
 
 
+@dataclass(frozen=True)
+class ComplexDiagonal(Group):
+    """``(C*)^{n/2}``: on every pair of units a scaled rotation ``r R(phi)`` (a non-zero complex
+    scalar), in the pair ``layout`` of :data:`PAIR_LAYOUTS` (``"half"``: units ``i`` and
+    ``i + n/2``, Hugging Face's rotate_half; ``"interleaved"``: ``2i`` and ``2i + 1``).
+
+    The commutant of rotary embeddings (docs/transformer_symmetries.md, section 4): the matrices
+    commuting with every rotation by distinct frequencies in those planes. Closed under the
+    inverse transpose (``r R(phi)`` -> ``r^-1 R(phi)``), so a query/key pair stays in it.
+    Dimension ``n`` (a modulus and an angle per pair); connected (``C*`` is), 1 component.
+    ``sample``: moduli ``exp(z)``, ``z ~ N(0, LOG_SINGULAR_STD^2)``, angles uniform.
+
+    >>> G = ComplexDiagonal(4)
+    >>> g = G.sample(torch.Generator().manual_seed(0))
+    >>> G.contains(g.dual()), G.contains(GeneralLinear(4).sample(torch.Generator().manual_seed(0)))
+    (True, False)
+    """
+
+    n: int
+    layout: str = "half"
+
+    def __post_init__(self):
+        object.__setattr__(self, "n", _check_n(self.n))
+        if self.n % 2:
+            raise ValueError(f"Argument 'n' must be even (pairs of units), not {self.n}.")
+        object.__setattr__(self, "layout", _check_layout(self.layout))
+
+    def __repr__(self):
+        return f"ComplexDiagonal({self.n}, {self.layout!r})"
+
+    def sample(self, generator=None, dtype=torch.float64, device=None) -> ComplexDiagonalElement:
+        g = self._rng(generator)
+        m = self.n // 2
+        r = torch.exp(torch.randn(m, generator=g, dtype=torch.float64) * LOG_SINGULAR_STD)
+        phi = torch.rand(m, generator=g, dtype=torch.float64) * (2 * math.pi)
+        return ComplexDiagonalElement(r * torch.cos(phi), r * torch.sin(phi), self.layout).to(dtype, device)
+
+    def identity(self, dtype=torch.float64, device=None) -> ComplexDiagonalElement:
+        m = self.n // 2
+        return ComplexDiagonalElement(torch.ones(m, dtype=dtype, device=device), torch.zeros(m, dtype=dtype, device=device),
+                                      self.layout)
+
+    def complex_of(self, element, tol=1e-8):
+        """(real, imag) of ``element`` (float64, CPU) when it is a scaled rotation on every pair
+        within ``tol`` (entries relative to the largest), else None."""
+        if not self._check_element(element):
+            return None
+        if isinstance(element, ComplexDiagonalElement) and element.layout == self.layout:
+            return element.real.detach().cpu().to(torch.float64), element.imag.detach().cpu().to(torch.float64)
+        M = element.matrix().detach().cpu().to(torch.float64)
+        if not bool(torch.isfinite(M).all()):
+            return None
+        p, q = pair_index(self.n, self.layout)
+        a, b = M[p, p], M[q, p]
+        R = ComplexDiagonalElement(a, b + (a == 0) * (b == 0) * 1.0, self.layout).matrix()
+        scale = max(float(M.abs().max()), 1e-300)
+        if float((R - M).abs().max()) > tol * scale or bool(((a * a + b * b).sqrt() <= tol * scale).any()):
+            return None
+        return a, b
+
+    def contains(self, element, tol=1e-8) -> bool:
+        """A scaled rotation on every pair of ``layout``, zero elsewhere, within ``tol``."""
+        return self.complex_of(element, tol) is not None
+
+    def frame(self, X, Y, tol=1e-8):
+        """The canonical element for features ``X`` (rows by ``A``) and ``Y`` (rows by ``A^-T``),
+        each ``(n, p)`` or None: per pair the complex rows ``w = x_p + i x_q`` (``X``: ``w -> z w``;
+        ``Y``: ``w -> w / conj(z)``); ``|z|`` balances the two norms (makes the one present unit),
+        the phase makes the sum of the rows' entries real and positive (it turns by ``arg z`` in
+        both). Returns ``(element, invariants, ambiguous)``: invariants the pairs' norm products (both
+        kinds of rows; zeros with one kind: its norms are made 1),
+        ambiguous the pairs with vanishing features or a vanishing sum."""
+        m = self.n // 2
+        p, q = pair_index(self.n, self.layout)
+
+        def cplx(F):
+            if F is None:
+                return None
+            F = F.detach().to(torch.float64).cpu()
+            return torch.complex(F[p], F[q])
+
+        wx, wy = cplx(X), cplx(Y)
+        nx = None if wx is None else torch.linalg.vector_norm(wx, dim=1)
+        ny = None if wy is None else torch.linalg.vector_norm(wy, dim=1)
+        floor = 1e-300
+        if nx is not None and ny is not None:
+            dead = (nx <= tol * max(float(nx.max()), floor)) | (ny <= tol * max(float(ny.max()), floor))
+            mod = torch.where(dead, 1.0, (ny.clamp_min(floor) / nx.clamp_min(floor)).sqrt())
+            inv = nx * ny
+        elif nx is not None:
+            dead = nx <= tol * max(float(nx.max()), floor)
+            mod, inv = torch.where(dead, 1.0, 1.0 / nx.clamp_min(floor)), torch.zeros(m, dtype=torch.float64)
+        elif ny is not None:
+            dead = ny <= tol * max(float(ny.max()), floor)
+            mod, inv = torch.where(dead, 1.0, ny), torch.zeros(m, dtype=torch.float64)
+        else:
+            return self.identity(), torch.zeros(m, dtype=torch.float64), m
+        # the phase key: the sum of every (balanced) complex row, X and Y alike, turns by arg z
+        key = torch.zeros(m, dtype=torch.complex128)
+        size = torch.zeros(m, dtype=torch.float64)
+        if wx is not None:
+            key, size = key + mod * wx.sum(1), size + mod * wx.abs().sum(1)
+        if wy is not None:
+            key, size = key + wy.sum(1) / mod, size + wy.abs().sum(1) / mod
+        flat = key.abs() <= tol * size.clamp_min(floor)
+        one = torch.ones_like(key)
+        phase = torch.where(flat | dead, one, key.abs().clamp_min(floor) / torch.where(flat | dead, one, key))
+        z = mod * phase
+        el = ComplexDiagonalElement(z.real.contiguous(), z.imag.contiguous(), self.layout)
+        return el, inv.sort(descending=True).values, int((dead | flat).sum())
+
+    def fit(self, Xa, Ya, Xb, Yb):
+        """The element ``z`` per pair bringing b's features closest to a's in least squares:
+        ``z = <w_b, w_a> / |w_b|^2`` on the rows by ``A`` (``X``), else ``1 / conj(u)`` with the
+        same fit ``u`` on the rows by ``A^-T`` (``Y``); pairs without features keep 1."""
+        p, q = pair_index(self.n, self.layout)
+
+        def cplx(F):
+            F = F.detach().to(torch.float64).cpu()
+            return torch.complex(F[p], F[q])
+
+        def ls(Fa, Fb):
+            wa, wb = cplx(Fa), cplx(Fb)
+            den = (wb.abs() ** 2).sum(1)
+            u = (wb.conj() * wa).sum(1) / den.clamp_min(1e-300)
+            return torch.where((den <= 1e-300) | (u.abs() <= 1e-300), torch.ones_like(u), u)
+
+        if Xa is not None and Xb is not None:
+            z = ls(Xa, Xb)
+        elif Ya is not None and Yb is not None:
+            z = 1.0 / ls(Ya, Yb).conj()
+        else:
+            return self.identity()
+        return ComplexDiagonalElement(z.real.contiguous(), z.imag.contiguous(), self.layout)
+
+    @property
+    def dimension(self):
+        return self.n
+
+    @property
+    def components(self):
+        return 1
+
+    @property
+    def scalar_part(self):
+        return R_NONZERO
+
+    @property
+    def diagonal_part(self):
+        return None  # the diagonal matrices in it are the pair-constant ones: only the scalars are all of a kind
+
+    @property
+    def label(self) -> str:
+        return f"C*^{self.n // 2}({self.layout})"
+
+    def describe(self):
+        pairs = "i and i + n/2" if self.layout == "half" else "2i and 2i + 1"
+        return (f"ComplexDiagonal({self.n}): a non-zero complex scalar (a scaled rotation) on each pair of units "
+                f"{pairs}; dimension {self.dimension}, 1 component.")
+
+
 # The lattice ----------------------------------------------------------------------------------
 
 def _meet(x: Group, y: Group):
@@ -554,6 +806,10 @@ def _meet(x: Group, y: Group):
         return Meet(x, True)
     if isinstance(x, GeneralLinear):
         return Meet(y, True)
+    if isinstance(x, ComplexDiagonal) or isinstance(y, ComplexDiagonal):
+        return _meet_complex(x, y)
+    if isinstance(x, ScaledPermutation) or isinstance(y, ScaledPermutation):
+        return _meet_scaled(x, y)
     n = x.n
     if isinstance(x, Orthogonal):
         if isinstance(y, Monomial):
@@ -580,13 +836,56 @@ def _meet(x: Group, y: Group):
         return NotImplemented
     if isinstance(x, Block) and isinstance(y, Block):
         if x.heads == y.heads:
-            return Meet(Block(x.heads, x.inner.intersect(y.inner), x.head_perm and y.head_perm), True)
+            m = x.inner.meet(y.inner)  # a sound inner subgroup keeps its reason
+            return Meet(Block(x.heads, m.group, x.head_perm and y.head_perm), m.exact, m.reason)
         dx, dy = x.diagonal_part, y.diagonal_part
         why = f"blocks of {x.inner.n} and of {y.inner.n} units on one site"
         if dx is not None and dy is not None:
             return Meet(Monomial(n, _s_meet(dx, dy), False), False, why + ": kept the diagonal matrices in both")
         return Meet(Scalar(n, _s_meet(x.scalar_part, y.scalar_part)), False, why + ": kept the scalars in both")
     return NotImplemented
+
+
+def _meet_scaled(x: Group, y: Group):
+    """Meet with a :class:`ScaledPermutation` ``{c P : c in S}`` on either side."""
+    sp, o = (x, y) if isinstance(x, ScaledPermutation) else (y, x)
+    n, S, perms = sp.n, sp.scalings, sp.permutations
+    if isinstance(o, GeneralLinear):
+        return Meet(sp, True)
+    if isinstance(o, Orthogonal):
+        return Meet(ScaledPermutation(n, _s_meet(S, SIGNS), perms), True)
+    if isinstance(o, Monomial):  # c P in {D P' : d_i in T} iff c in T (P = I when o has no permutations)
+        return Meet(ScaledPermutation(n, _s_meet(S, o.scalings), perms and o.permutations), True)
+    if isinstance(o, Scalar):
+        return Meet(Scalar(n, _s_meet(S, o.scalings)), True)
+    if isinstance(o, Block):
+        # c P with P mapping blocks to blocks and c in the blocks' scalars: not representable
+        # (Block(H, ScaledPermutation) has a scalar per block); keep the block permutations
+        inner = o.inner.intersect(Monomial(o.inner.n, ONE, perms))
+        return Meet(Block(o.heads, inner, o.head_perm and perms), False,
+                    "a global scalar times permutations inside blocks: kept the permutations without the scalar")
+    return NotImplemented
+
+
+def _meet_complex(x: Group, y: Group):
+    """Meet with a :class:`ComplexDiagonal` on either side (its real scalars are the only part
+    every other kind shares exactly; the rest is a sound subgroup, with the reason)."""
+    c, o = (x, y) if isinstance(x, ComplexDiagonal) else (y, x)
+    n = c.n
+    if isinstance(o, GeneralLinear):
+        return Meet(c, True)
+    if isinstance(o, ComplexDiagonal):
+        if o.layout == c.layout:
+            return Meet(c, True)
+        return Meet(Scalar(n, R_NONZERO), False, "complex scalars on pairs in two layouts: kept the real scalars")
+    if isinstance(o, Scalar):
+        return Meet(Scalar(n, o.scalings), True)
+    if isinstance(o, Block) and o.heads == 1:
+        return _meet_complex(c, o.inner)  # one block is its inner group
+    if isinstance(o, Orthogonal):
+        return Meet(Scalar(n, SIGNS), False, "rotations of pairs (complex scalars of modulus 1) kept as +-I")
+    return Meet(Scalar(n, _s_meet(R_NONZERO, o.scalar_part)), False,
+                f"complex scalars on pairs and {o.label}: kept the real scalars in both")
 
 
 def _simplify(g: Group) -> Group:
@@ -596,6 +895,11 @@ def _simplify(g: Group) -> Group:
             return g.inner
         if g.inner.n == 1:
             return Monomial(g.n, g.inner.diagonal_part, g.head_perm)
+    if isinstance(g, ScaledPermutation):
+        if g.n == 1 or not g.permutations:
+            return Scalar(g.n, g.scalings) if g.n > 1 else Monomial(1, g.scalings, False)
+        if g.scalings == ONE:
+            return Monomial(g.n, ONE, True)
     if isinstance(g, Orthogonal) and g.n == 1:
         return Monomial(1, SIGNS, False)
     if isinstance(g, GeneralLinear) and g.n == 1:

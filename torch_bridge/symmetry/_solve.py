@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._activations import transparent
-from ._site_groups import ONE, Block, GeneralLinear, Monomial, Orthogonal, Scalar
+from ._site_groups import ONE, Block, ComplexDiagonal, GeneralLinear, Monomial, Orthogonal, Scalar, ScaledPermutation
 from ._trace import Constraint, Rep, Trace
 
 __all__ = ["Atom", "Solution", "solve", "pieces"]
@@ -139,12 +139,16 @@ def pieces(rep, axis_atoms, atoms):
 def _group_of(c: Constraint, n: int):
     if c.kind == "monomial":
         return Monomial(n, c.scalings, c.perm != "fixed")
+    if c.kind == "scaled_perm":
+        return ScaledPermutation(n, c.scalings, c.perm != "fixed")
     if c.kind == "orthogonal":
         return Orthogonal(n)
     if c.kind == "gl":
         return GeneralLinear(n)
     if c.kind == "scalar":
         return Scalar(n, c.scalings)
+    if c.kind == "complex":
+        return ComplexDiagonal(n, c.layout)
     if c.kind == "block":
         if n % c.heads:
             raise AssertionError("block constraint on a misaligned atom")
@@ -152,19 +156,48 @@ def _group_of(c: Constraint, n: int):
     raise AssertionError(c.kind)
 
 
+def _inner_scalars(c: Constraint):
+    """The scalars c that may be drawn independently on each piece of a block cut by site
+    boundaries (the diagonal matrices the inner group holds; engine scalings; None: R*)."""
+    from ._activations import sign_scalings, trivial_scalings
+
+    if c.kind == "monomial":
+        return c.scalings
+    if c.kind in ("scaled_perm", "scalar"):
+        # one scalar for the whole block: a block cut by a site boundary would get two
+        # different ones (half a group norm's group flipped), so only the identity is sound
+        return trivial_scalings(c.reason + " (block split across sites)")
+    if c.kind == "orthogonal":
+        return sign_scalings(c.reason)
+    return None  # GL and the groups of attention hold every non-zero scalar
+
+
 def _perm_size(g):
     if isinstance(g, Monomial):
         return ("monomial", g.n) if g.permutations and g.n > 1 else None
     if isinstance(g, Block):
+        if isinstance(g.inner, Monomial):  # blocks of monomials share their whole unit permutation
+            return ("monomial", g.n) if g.head_perm or g.inner.permutations else None
         return ("block", g.heads) if g.head_perm else None
     return None
 
 
 def _freeze_perm(g):
+    if isinstance(g, ScaledPermutation):
+        return g.intersect(Monomial(g.n, None, False))  # c I
     if isinstance(g, Monomial):
         return Monomial(g.n, g.scalings, False)
     if isinstance(g, Block):
-        return Block(g.heads, g.inner, False)
+        return _monomial_blocks(Block(g.heads, _freeze_perm(g.inner) if isinstance(g.inner, Monomial) else g.inner, False))
+    return g
+
+
+def _monomial_blocks(g):
+    """Blocks of scalars ``c_h I`` (a sign per group-norm group whose units cannot move) as
+    blocks of the same group written as a :class:`ScaledPermutation` without permutations, so
+    that they sample, share and act as monomial elements like every other block of monomials."""
+    if isinstance(g, Block) and isinstance(g.inner, Scalar):
+        return Block(g.heads, ScaledPermutation(g.inner.n, g.inner.scalings, False), g.head_perm)
     return g
 
 
@@ -241,6 +274,7 @@ def solve(tr: Trace) -> Solution:
                 else:
                     frozen[aid] = f"{t.reason}: tied to fixed channels"
     cons: dict = {i: [] for i in range(n)}
+    split_notes: list = []
     for rep, c in tr.constraints:
         ps = [p for p in pieces(rep, axis_atoms, atoms)]
         for kind, aid, chain, length in ps:
@@ -251,14 +285,24 @@ def solve(tr: Trace) -> Solution:
                 if c.kind == "monomial" and c.perm == "fixed":
                     frozen[aid] = c.reason
                 continue
+            split = len([p for p in ps if p[0] == "axis"]) != 1
+            if split and (c.kind == "complex" or (c.kind == "block" and c.inner.kind == "complex" and
+                                                   length % (rep.units // c.heads))):
+                # complex scalars on pairs that an atom boundary may cut: independent elements on
+                # the pieces would not commute with the rotations; only the identity is sound
+                frozen[aid] = f"{c.reason} (rotary pairs split across sites)"
+                continue
             if c.kind == "block":
-                if len([p for p in ps if p[0] == "axis"]) != 1:
+                if split:
                     # the heads span several atoms: keep what is sound on each piece
+                    split_notes.append(f"{c.reason}: its {c.heads} blocks are split across several sites; "
+                                       "permutations of whole blocks are not represented there")
                     if length % (rep.units // c.heads) == 0:
                         h = length // (rep.units // c.heads)
                         cons[aid].append((Constraint("block", c.reason, heads=h, inner=c.inner, perm="fixed"), c.reason))
                     else:
-                        cons[aid].append((Constraint("scalar", c.reason + " (heads split across sites)"), c.reason))
+                        cons[aid].append((Constraint("scalar", c.reason + " (heads split across sites)",
+                                                     _inner_scalars(c.inner)), c.reason))
                     continue
             cons[aid].append((c, c.reason))
     cls = [uf.find(i)[0] for i in range(n)]
@@ -266,7 +310,7 @@ def solve(tr: Trace) -> Solution:
     for i in range(n):
         perm.union(i, cls[i])
     groups, reasons = {}, {}
-    notes = []
+    notes = list(dict.fromkeys(split_notes))
     for i in range(n):
         c = cls[i]
         g = groups.get(c)
@@ -286,12 +330,12 @@ def solve(tr: Trace) -> Solution:
             g = g.intersect(Monomial(atoms[i].size, ONE, False))
         if i in perm_frozen:
             g = g.intersect(Monomial(atoms[i].size, None, False))
-        groups[c] = g
+        groups[c] = _monomial_blocks(g)
     conflicts = {uf.find(a)[0] for a in uf.conflict}
     for c in set(cls):
         if c in conflicts:
             # tied to its own inverse transpose: g = g^{-T}, i.e. g orthogonal (then both parities agree)
-            groups[c] = groups[c].intersect(Orthogonal(atoms[c].size))
+            groups[c] = _monomial_blocks(groups[c].intersect(Orthogonal(atoms[c].size)))
             reasons.setdefault(c, []).append("tied to its own inverse transpose (g = g^-T: orthogonal)")
     # permutation groups: every class in one shares its permutation (or head permutation)
     members: dict = {}
@@ -305,10 +349,20 @@ def solve(tr: Trace) -> Solution:
             continue
         kinds = {_perm_size(groups[c]) for c in cs}
         has = {k[1] for k in kinds - {None}}  # a monomial perm of n units may share a head perm of n heads
-        if len(has) > 1 or (has and None in kinds and any(isinstance(groups[c], (Monomial, Block)) and
-                                                          _perm_size(groups[c]) is None for c in cs)):
+        # blocks of monomials share their unit permutation only if all have the same blocks;
+        # a monomial class sharing it then permutes whole blocks too
+        shapes = {(g.heads, g.inner.n, g.head_perm, g.inner.permutations) for g in (groups[c] for c in cs)
+                  if isinstance(g, Block) and isinstance(g.inner, Monomial)}
+        # (a Scalar class, c I, has the identity permutation: the classes sharing it keep theirs)
+        if len(has) > 1 or len(shapes) > 1 or (has and None in kinds and any(
+                isinstance(groups[c], (Monomial, Block, Scalar)) and _perm_size(groups[c]) is None for c in cs)):
             for c in cs:
                 groups[c] = _freeze_perm(groups[c])
+        elif shapes:
+            H, d, hp, inner_perms = shapes.pop()
+            for c in cs:
+                if isinstance(groups[c], Monomial):
+                    groups[c] = groups[c].intersect(Block(H, Monomial(d, None, inner_perms), hp))
     absorbed = {c for c in set(cls) if any(r.endswith("input") for r in reasons.get(c, []))}
     return Solution(atoms, axis_atoms, cls, par, groups, reasons, perm_group, absorbed, notes)
 

@@ -144,8 +144,10 @@ class SymmetrySpec:
             for (kind, aid, chain, length), other_site in zip(mine, others):
                 site = self._site_of_class.get(sol.cls[aid]) if kind == "axis" else None
                 rel = "dual" if kind == "axis" and sol.parity[aid] else "same"
+                crossed = kind == "axis" and sol.atoms[aid].axis in tr.crossed
                 out.setdefault(fqn, []).append(Binding(fqn, aliases, b.dim, b.variance, site, off, length, b.rep.repeat,
-                                                       rel, tuple(chain), b.module, b.op, other_site, b.part, primary))
+                                                       rel, tuple(chain), b.module, b.op, other_site, b.part, primary,
+                                                       crossed))
                 off += length
         return MappingProxyType({k: tuple(v) for k, v in out.items()})
 
@@ -251,7 +253,7 @@ class SymmetrySpec:
                 el = s.group.sample(generator)
                 els[s.name] = el
                 if s.permutation == "free":
-                    shared[s.name] = _head_perm(el, s.group.heads if isinstance(s.group, Block) else None)
+                    shared[s.name] = _head_perm(el, _shared_heads(s.group))
         return SymmetryElement({s.name: els[s.name] for s in self.sites})
 
     def _check(self, g, name="g"):
@@ -288,8 +290,8 @@ class SymmetrySpec:
         for s in self.sites:
             if s.permutation not in ("free", "fixed") and s.permutation in self._by_name:
                 h = self._by_name[s.permutation]
-                a = _head_perm(g.get(s.name, s.group.identity()), s.group.heads if isinstance(s.group, Block) else None)
-                b = _head_perm(g.get(h.name, h.group.identity()), h.group.heads if isinstance(h.group, Block) else None)
+                a = _head_perm(g.get(s.name, s.group.identity()), _shared_heads(s.group))
+                b = _head_perm(g.get(h.name, h.group.identity()), _shared_heads(h.group))
                 if a is not None and b is not None and not torch.equal(a.cpu(), b.cpu()):
                     return False
         return True
@@ -304,11 +306,13 @@ class SymmetrySpec:
         if hname is None or h == c or hname not in g:
             return None
         grp = self._sol.groups[c]
-        hp = _head_perm(g[hname], self._by_name[hname].group.heads if isinstance(self._by_name[hname].group, Block) else None)
+        hp = _head_perm(g[hname], _shared_heads(self._by_name[hname].group))
         if hp is None:
             return None
         if isinstance(grp, Monomial) and grp.permutations:
             return MonomialElement(hp, torch.ones(grp.n, dtype=torch.float64))
+        if isinstance(grp, Block) and isinstance(grp.inner, Monomial) and hp.numel() == grp.n:
+            return MonomialElement(hp, torch.ones(grp.n, dtype=torch.float64))  # blocks of units, moved together
         if isinstance(grp, Block) and grp.head_perm:
             d = grp.inner.n
             return BlockElement(torch.eye(d, dtype=torch.float64).expand(grp.heads, d, d), hp)
@@ -370,7 +374,22 @@ class SymmetrySpec:
                 continue
             t = _get_tensor(model, fqn)
             out[fqn] = apply_bindings(t, bounds, sol, of)
+        for wn in self._tr.weight_norms:
+            if wn.v in out:
+                out[wn.g] = self._rescaled_magnitude(wn, model, out, of)
         return out
+
+    def _rescaled_magnitude(self, wn, model, out, of):
+        """Weight norm ``W = g v / |v|`` with v's columns moved: ``g' = g'_rows |v'_i| / |v_i^rows|``
+        (``v^rows``: v with its row bindings only), so that ``W' = A W B^{-1}`` exactly."""
+        v0 = _get_tensor(model, wn.v)
+        rows = [b for b in self._tensor_bounds()[wn.v] if b.dim == wn.dim]
+        vr = apply_bindings(v0, rows, self._sol, of) if rows else v0
+        dims = [d for d in range(v0.dim()) if d != wn.dim]
+        ratio = (torch.linalg.vector_norm(out[wn.v].to(torch.float64), dim=dims, keepdim=True)
+                 / torch.linalg.vector_norm(vr.to(torch.float64), dim=dims, keepdim=True))
+        g = out.get(wn.g, _get_tensor(model, wn.g))
+        return (g.to(torch.float64) * ratio.reshape(g.shape)).to(g.dtype)
 
     def act(self, g: SymmetryElement, model: nn.Module) -> nn.Module:
         """A transformed copy of ``model`` computing the same function (``model`` is untouched).
@@ -422,8 +441,17 @@ def _deepcopy(model):
             m.__dict__[k] = v
 
 
+def _shared_heads(group):
+    """How many heads' permutation a site shares with the others of its permutation class, or
+    None when it shares its whole unit permutation (monomial sites, and blocks of monomial
+    groups: a group norm's channels, each group's units moving with its block)."""
+    if isinstance(group, Block) and not isinstance(group.inner, Monomial):
+        return group.heads
+    return None
+
+
 def _sample_fixed_perm(group, generator):
-    n = group.heads if isinstance(group, Block) else group.n
+    n = _shared_heads(group) or group.n
     return group.sample(generator, perm=torch.arange(n))
 
 
@@ -431,7 +459,7 @@ def _perm_size_of(g):
     if isinstance(g, Monomial):
         return g.permutations and g.n > 1
     if isinstance(g, Block):
-        return g.head_perm
+        return g.head_perm or (isinstance(g.inner, Monomial) and g.inner.permutations)
     return False
 
 

@@ -60,8 +60,8 @@ class Masked:
 @dataclass(frozen=True)
 class WeightNormed:
     """``g * v / ||v||`` (``aten._weight_norm``, norms over every dimension but ``dim``): handled
-    exactly with rows moved by monomial elements (v permuted, g scaled) and columns by
-    orthogonal ones (which keep the row norms)."""
+    exactly with rows moved by monomial elements (v permuted, g scaled) and columns by any
+    element, g then rescaled by the change of v's row norms (:meth:`SymmetrySpec.transformed_tensors`)."""
 
     v: str
     g: str
@@ -119,7 +119,9 @@ class Constraint:
     """A group kind a representation's class must lie in (resolved per class by the solver).
 
     kind: "monomial" (``scalings``: an engine group or None for R*, ``perm``: "free"/"fixed"),
-    "orthogonal", "scalar" (``scalings``), "block" (``heads``; ``inner``: a Constraint for
+    "scaled_perm" (permutations times one global scalar in ``scalings``: a layer norm's input),
+    "orthogonal", "scalar" (``scalings``), "complex" (a complex scalar per pair of units in
+    ``layout``: the commutant of rotary embeddings), "block" (``heads``; ``inner``: a Constraint for
     each block, ``perm``: "free"/"fixed" for the head permutation).
     """
 
@@ -129,6 +131,7 @@ class Constraint:
     perm: str = "free"
     heads: int | None = None
     inner: object = None
+    layout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,11 @@ class Trace:
         self._squares: dict = {}
         self._masks: dict = {}  # parameter -> pruning-mask buffer (see Masked)
         self._wnorm: dict = {}  # direction parameter v -> (magnitude parameter g, dim) (see WeightNormed)
+        self._raw: set = set()  # parameters read directly (not through a weight norm)
         self.derived: list = []  # (parameter names, where): tensors computed from parameters
+        self.weight_norms: list = []  # WeightNormed whose v has columns moved: g is rescaled by the action
+        self.side: dict = {}  # node -> Rep of hidden units along a non-unit dimension (token mixing)
+        self.crossed: set = set()  # ids of the axes of such units (their tensors carry two sites' units)
         self.node = None
         for node in cap.graph.nodes:
             self.node = node
@@ -272,16 +279,19 @@ class Trace:
             if variance not in ("co", "contra"):
                 return self.refuse(node, f"weight norm on a {variance} parameter", "remove the weight norm first")
             if dim == wdim:
-                # W_i = g_i v_i / |v_i|: P D on the rows is v's rows permuted and g scaled
+                # W_i = g_i v_i / |v_i|: P D on the rows is v's rows permuted and g scaled; also
+                # when the norm's axis is contravariant (ConvTranspose, dim=0: its input channels),
+                # (P D)^-T = P D^-1: v permuted only (scaling v by 1/d_i would lose sign(d_i))
                 self.monomial(rep, f"weight norm of {param!r} (rows)")
-                self._bind_plain(param, dim, rep, "perm" if variance == "co" else variance, None, part)
+                self._bind_plain(param, dim, rep, "perm", None, part)
                 self._bind_plain(g, wdim, rep, variance, None, part)
             else:
-                # the row norms |v_i B^{-1}| are kept by orthogonal B only
-                self.constrain(rep, Constraint("orthogonal", f"weight norm of {param!r} (row norms)"))
-                self.note(f"weight norm in module {self.module(node)!r}: its input is claimed only under elements "
-                          "keeping row norms (orthogonal); rescaling g by the row norms of v (a parameter-dependent action) would allow more "
-                          "(a sound subgroup)")
+                # columns: v -> v B^{-1} changes the row norms, so the action rescales g by
+                # |v'_i| / |v_i| (docs/transformer_symmetries.md, section 12: parameter-dependent,
+                # but a group action since W = diag(g / |v|) v moves as W B^{-1})
+                wn = WeightNormed(param, g, wdim)
+                if wn not in self.weight_norms:
+                    self.weight_norms.append(wn)
                 self._bind_plain(param, dim, rep, variance, other, part)
             return
         self._bind_plain(param, dim, rep, variance, other, part)
@@ -355,16 +365,29 @@ class Trace:
         """The :class:`Param` an argument is, or None; a :class:`Derived` weight is refused."""
         v = self.value(arg)
         if isinstance(v, Param):
+            if any(v.fqn in (wv, wg) for wv, (wg, _) in self._wnorm.items()):
+                self._refuse_mixed_weight_norm(v.fqn)
+            self._raw.add(v.fqn)
             return v
         if isinstance(v, Masked):
             self._masks[v.param] = v.mask
             return Param(v.param, tuple(range(len(self.shape(arg)))))
         if isinstance(v, WeightNormed):
+            if v.v in self._raw or v.g in self._raw:
+                self._refuse_mixed_weight_norm(v.v if v.v in self._raw else v.g)
             self._wnorm[v.v] = (v.g, v.dim)
             return Param(v.v, tuple(range(len(self.shape(arg)))))
         if isinstance(v, Derived):
             self.refuse_derived(v)
         return None
+
+    def _refuse_mixed_weight_norm(self, fqn):
+        # the action moves v's rows as a weight norm's (permuted, g scaled): a direct read of v
+        # (or of g) would see the wrong transformation; always refused (freezing cannot help)
+        raise SymmetrySpecError(
+            f"cannot follow {self.where()}: parameter {fqn!r} is read both through a weight norm and directly; "
+            "the action cannot transform it for both uses (remove the weight norm with "
+            "torch.nn.utils.remove_weight_norm, or use separate parameters)")
 
     def refuse_derived(self, v: Derived):
         names = ", ".join(sorted(v.fqns))

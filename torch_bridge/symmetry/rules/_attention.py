@@ -8,13 +8,20 @@ shared by queries, keys and values. The output of head h is :math:`\\mathrm{soft
 so values carry their own :math:`B_h \\in GL(d_v)` which the output projection's columns undo.
 Causal and padding masks act per token: no constraint. Softmax over the units (not over
 tokens) allows permutations only.
+
+Grouped-query attention (``repeat_kv``, ``repeat_interleave``, ``enable_gqa``, one key/value head
+expanded to all query heads): :func:`repeat_heads` lists each key/value head's units once per
+query head it serves, so the query heads of a group and their output-projection blocks share the
+element of their key/value head (the head permutations are not represented; a note says so).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from .._trace import FIXED, Constraint, Derived, Param, Rep
+from .._trace import FIXED, Constraint, Derived, Param, Rep, sub_segs
 from . import rule
 
 aten = torch.ops.aten
@@ -49,13 +56,62 @@ def _qk(ctx, node, q, k, nd):
     return False
 
 
+def repeat_heads(ctx, node, x: Rep, g: int, head_major: bool = True):
+    """``x`` with every head repeated ``g`` times along the head dimension: grouped-query
+    attention's ``repeat_kv`` (expand + reshape), ``repeat_interleave`` and sdpa's ``enable_gqa``
+    (``head_major``: head ``j`` at ``j * g .. j * g + g - 1``; else the ``g`` copies of all heads in a
+    row). The result lists the units of each copy again (its segments repeat the key/value
+    head's range), so everything tied to the repeated heads (each query head's queries through the
+    scores, each output head's values through the output projection) ties to the one element of
+    its key/value head: one element per key/value head, shared by its query heads
+    (docs/transformer_symmetries.md, section 3)."""
+    if x.heads is None or x.inner is None or x.scalar or x.merged != 1 or x.repeat != 1:
+        return ctx.refuse(node, "repeating heads of a tensor whose units are not laid out as heads")
+    d = x.units // x.heads
+    heads = [sub_segs(x.segs, j * d, (j + 1) * d) for j in range(x.heads)]
+    if head_major:
+        order = [j for j in range(x.heads) for _ in range(g)]
+    else:
+        order = [j for _ in range(g) for j in range(x.heads)]
+    ctx.note(f"grouped-query attention in module {ctx.module(node)!r}: one element per key/value head, shared by "
+             f"its {g} query heads; the permutations of the key/value groups and of the query heads inside a group are "
+             "not represented (a sound subgroup: fewer components, the same dimension)")
+    return replace(x, segs=tuple(s for j in order for s in heads[j]), heads=x.heads * g)
+
+
+@rule(aten.repeat_interleave.self_int)
+def repeat_interleave(ctx, node):
+    x = ctx.rep(node.args[0])
+    if not isinstance(x, Rep):
+        return x
+    nd = len(ctx.shape(node))
+    reps = node.args[1]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    if dim is None or not isinstance(reps, int):
+        return ctx.refuse(node, "repeat_interleave of a hidden tensor without a dimension or with a tensor of repeats")
+    dim %= nd
+    if x.heads is not None and dim == x.dim:
+        return repeat_heads(ctx, node, x, reps)
+    if dim in (x.dim, x.inner):
+        return ctx.refuse(node, "repeating hidden units")
+    return x
+
+
 @rule(aten.scaled_dot_product_attention.default)
 def sdpa(ctx, node):
     a = list(node.args) + [None] * 4
     q, k, v = (ctx.rep(t) for t in a[:3])
     mask = a[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-    if node.kwargs.get("enable_gqa"):
-        return ctx.refuse(node, "grouped-query attention (enable_gqa)", "use as many key/value heads as query heads")
+    if node.kwargs.get("enable_gqa") and isinstance(q, Rep) and q.heads is not None:
+        # key/value heads repeated as by repeat_interleave (kv head j serves query heads j g .. j g + g - 1)
+        for name in ("k", "v"):
+            r = k if name == "k" else v
+            if isinstance(r, Rep) and r.heads is not None and r.heads != q.heads:
+                if q.heads % r.heads:
+                    return ctx.refuse(node, f"grouped-query attention with {q.heads} query heads and {r.heads} "
+                                      "key/value heads (not a multiple)")
+                r = repeat_heads(ctx, node, r, q.heads // r.heads)
+                k, v = (r, v) if name == "k" else (k, r)
     nd = len(ctx.shape(node))
     m = ctx.rep(mask) if mask is not None else None
     if isinstance(m, Derived):
@@ -82,6 +138,7 @@ def sdpa(ctx, node):
             ok = (r.heads is not None and r.dim == nd - 3 and r.inner == nd - 1) or (r.heads is None and r.dim == nd - 1)
             if not ok or r.repeat != 1:
                 return ctx.refuse(node, f"the {name}'s units are not laid out as (..., heads, tokens, head_dim)")
+    k, v = (_one_kv_head(ctx, node, q, r, nd) for r in (k, v))
     _qk(ctx, node, q, k, nd)
     if not isinstance(v, Rep):
         return FIXED
@@ -95,6 +152,16 @@ def sdpa(ctx, node):
         if q.heads is not None:
             ctx.tie(q, v, "perm", "heads of queries, keys and values")
     return v
+
+
+def _one_kv_head(ctx, node, q, r, nd):
+    """Keys/values with their units on the last dimension only, against head-split queries: one
+    key/value head read by every query head (multi-query attention, ``k.expand(B, H, T, d)`` of a
+    single head); every index of the head dimension carries its one element. As one head repeated."""
+    if isinstance(q, Rep) and q.heads is not None and isinstance(r, Rep) and r.heads is None and r.dim == nd - 1 \
+            and r.repeat == 1 and not r.scalar and q.dim == nd - 3:
+        return repeat_heads(ctx, node, replace(r, heads=1, dim=nd - 3, inner=nd - 1), q.heads)
+    return r
 
 
 def hidden_product(ctx, node, a: Rep, b: Rep):

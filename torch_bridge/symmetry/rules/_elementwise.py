@@ -202,6 +202,20 @@ def mul(ctx, node):
         if all(s == 1 for s in size) and not div:
             return x  # a scalar computed from parameters (logit_scale.exp()): commutes, and is not moved
         ctx.refuse_derived(ov)
+    nd = len(ctx.shape(node))
+    per_position = any(_broadcast_dim(ctx, node, other, k)[0] > 1 for k in range(nd) if k not in dims)
+    one_head = x.heads is None and per_position and x.dim == nd - 1 and x.repeat == 1 and not x.scalar
+    if isinstance(ov, Param) and ctx.cap.is_buffer.get(ov.fqn) and not div:
+        # a buffer read whole as a constant factor (a rotary cos/sin cache): of head-split units, or
+        # of one head's units when it is a rotary factor; a constant, which no binding may move
+        # (constant_value records it: the trace refuses if the action moves it elsewhere)
+        if x.heads is not None:
+            ov = FIXED
+        elif one_head:
+            from ._rotary import rotary_factor_one_head
+
+            if rotary_factor_one_head(ctx, node, x, other, _broadcast_dim(ctx, node, other, x.dim)[1]):
+                return x
     if isinstance(ov, Param):
         if div:
             return ctx.refuse(node, f"division by parameter {ov.fqn!r}")
@@ -216,14 +230,23 @@ def mul(ctx, node):
     # a constant tensor
     if all(s == 1 for s in size):
         return x  # a per-token factor (1/rms, a mask): commutes
+    if x.heads is not None and size[0] == 1 and x.inner is not None and not x.scalar and x.merged == 1:
+        # varies along the inner (per-head) units only, like rotary cos/sin: the transforms
+        # commuting with diag(c) that the rules can claim (rules/_rotary.py)
+        from ._rotary import rotary_factor
+
+        return rotary_factor(ctx, node, x, other, _broadcast_dim(ctx, node, other, x.inner)[1])
+    if one_head:
+        # one head (multi-query keys, split off without a head dimension): a rotary factor on it
+        from ._rotary import rotary_factor_one_head
+
+        if rotary_factor_one_head(ctx, node, x, other, _broadcast_dim(ctx, node, other, x.dim)[1]):
+            return x
     if x.heads is not None and size[0] == 1:
-        # varies along the inner (per-head) units only, like rotary cos/sin: per-head scalars
-        ctx.constrain(x, Constraint("block", "rotary / per-position factor: per-head scalars only (a sound subgroup)",
+        ctx.constrain(x, Constraint("block", "per-position factor: per-head scalars only (a sound subgroup)",
                                     heads=x.heads, inner=Constraint("scalar", "rotary")))
-        d = x.units // x.heads
-        ctx.note(f"per-head factors in module {ctx.module()!r} (rotary embeddings?): only per-head scalars are "
-                 f"claimed for these heads ({x.heads} dimensions); the transforms commuting with the rotations "
-                 f"(a complex scalar per frequency pair) have {x.heads * d}: a sound subgroup")
+        ctx.note(f"per-head factors in module {ctx.module()!r}: only per-head scalars are claimed for these heads "
+                 f"({x.heads} dimensions): a sound subgroup")
         from dataclasses import replace
 
         return replace(x, scalar=True)

@@ -65,14 +65,27 @@ def linear(ctx, node):
     if isinstance(x, Rep) and x.dim != nd - 1:
         # Linear over another axis (MLP-Mixer token mixing): it commutes with the hidden
         # axis's element; a bias adds b 1^T, which only row-sum-preserving elements keep.
-        ctx.note(f"Linear in module {ctx.module()!r} acts over a dimension other than the units (token mixing): "
-                 "its own output units along that dimension are not analysed (their permutations and scalings "
-                 "are not represented; a sound subgroup)")
+        bp = ctx.param(b) if b is not None else None
         if b is not None:
             ctx.permutations_only(x, f"Linear {ctx.module()!r} over another axis, with bias")
-            bp = ctx.param(b)
-            if bp is None and ctx.value(b) is not FIXED and b is not None:
+            if bp is None and ctx.value(b) is not FIXED:
                 return ctx.refuse(node, "its bias is not a parameter")
+        inner = ctx.side.get(node.args[0])
+        if inner is not None:  # (its size was checked against in_features when it was made)
+            ctx.bind(w.fqn, 1, inner, "contra")  # the columns reading the token-hidden units
+        # (a constant bias could not follow the hidden units' element: no site then)
+        side = _token_hidden_units(ctx, node, out_features, nd) if b is None or bp is not None else None
+        if side is None:
+            ctx.note(f"Linear in module {ctx.module()!r} acts over a dimension other than the units (token mixing): "
+                     "its own output units along that dimension are not analysed (their permutations and scalings "
+                     "are not represented; a sound subgroup)")
+            return x
+        ctx.bind(w.fqn, 0, side, "co")
+        if bp is not None:
+            ctx.bind(bp.fqn, bp.dims[0] if bp.dims else 0, side, "co")
+        ctx.note(f"token mixing in module {ctx.module()!r}: its hidden units along the token axis are a site of their "
+                 "own; the coupling of their scalings with the channels' (the activation sees the product) is not "
+                 "represented (a sound subgroup)")
         return x
     x = _input_last(ctx, node, x, nd)
     if x == "refused":
@@ -81,8 +94,56 @@ def linear(ctx, node):
     ctx.bind(w.fqn, 0, out, "co")
     if isinstance(x, Rep):
         ctx.bind(w.fqn, 1, x, "contra")
+    elif node.args[0] in ctx.side:  # token-hidden units read by a Linear whose other axes are fixed
+        ctx.bind(w.fqn, 1, ctx.side[node.args[0]], "contra")
     _bias(ctx, node, b, out)
     return out
+
+
+def _token_hidden_units(ctx, node, m, nd):
+    """The hidden units a Linear over a non-unit dimension creates along that (last) dimension,
+    as a Rep of their own, when the only path from them is a chain of elementwise activations
+    (one user each) into another such Linear reading them as its input features: then nothing
+    else sees those units, and an element P D on them (D in every activation's S) is undone by
+    that Linear's columns. Else None (the units get no site)."""
+    from dataclasses import replace
+
+    from .._activations import activation_group, function_activation, module_activation
+    from .._capture import LEAF_OP
+
+    groups, cur = [], node
+    while True:
+        users = list(cur.users)
+        if len(users) != 1:
+            return None
+        (u,) = users
+        if u.op != "call_function":
+            return None
+        if u.target is aten.linear.default:
+            break
+        if u.target is LEAF_OP:  # an activation module (nn.GELU, nn.ReLU, ...) exported as one node
+            ref = module_activation(ctx.cap.leaves[u.args[1]][1])
+            others = []
+        else:
+            ref = function_activation(u.target, u.args, u.kwargs)
+            others = [a for a in list(u.args[1:]) + list(u.kwargs.values()) if isinstance(a, type(node))]
+        if ref is None or not u.args or u.args[0] is not cur or others:
+            return None
+        try:
+            groups.append(activation_group(ref, ctx.timeout))
+        except Exception:  # noqa: BLE001 - no proved group: leave the units without a site
+            return None
+        cur = u
+    w2 = ctx.value(u.args[1]) if len(u.args) > 1 else None
+    if u.args[0] is not cur or not hasattr(w2, "fqn") or ctx.shape(u.args[1])[-1] != m or len(ctx.shape(u)) != nd:
+        return None
+    side = ctx.new_axis(m, nd - 1)
+    ctx.crossed.add(side.segs[0].axis)
+    for g in groups:
+        ctx.monomial(side, g.label or "activation", g)
+    chained = Rep(side.dim, tuple(replace(s, chain=s.chain + tuple(groups)) for s in side.segs))
+    ctx.side[cur] = chained
+    return side
 
 
 @rule(aten.addmm.default, reads_params=True)

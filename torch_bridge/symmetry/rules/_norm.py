@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._activations import all_scalings, positive_scalings, sign_scalings, trivial_scalings
-from .._trace import FIXED, Constraint, Rep, sub_segs
+from .._trace import FIXED, Constraint, Rep
 from . import rule
 
 aten = torch.ops.aten
@@ -83,25 +83,31 @@ def layer_norm(ctx, node):
     if not isinstance(x, Rep):
         out = ctx.new_axis(shape[-1], nd - 1) if wn is not None and len(shape) == 1 else FIXED
         if isinstance(out, Rep):
-            ctx.freeze(out, "layer norm of a fixed input")
+            # the input cannot move: no permutation, but gamma, beta absorb any diagonal D
+            ctx.monomial(out, "layer norm of a fixed input", perm="fixed")
             _affine(ctx, node, wn, bn, out)
         return out
     if len(shape) != 1 or x.dim != nd - 1 or x.repeat != 1 or x.heads is not None or x.scalar:
         return ctx.refuse(node, "layer norm over more than the hidden axis")
-    # LN(P x) = P LN(x); LN(D x) != D LN(x) for non-uniform D (and eps > 0 rules out c I, c != +-1):
-    # permutations on the input (the global sign -I is not represented).
-    ctx.permutations_only(x, "layer-norm input")
-    ctx.note("layer norm: the global sign -I of its input (LN(-x) = -LN(x) up to the affine parameters) is not "
-             "represented; each layer-norm input class has twice the components claimed (a sound subgroup)")
+    # N(s P x) = s P N(x) (C commutes with P and -I; |C P x| = |C x|); no other scaling: eps > 0
+    # (docs/transformer_symmetries.md, section 1). The input class: permutations times +-I.
+    ctx.constrain(x, Constraint("scaled_perm", "layer-norm input", sign_scalings("layer-norm input")))
     out = ctx.new_axis(shape[0], nd - 1)
-    ctx.tie(x, out, "perm", "layer norm")
     if wn is None:
-        ctx.monomial(out, "layer norm without affine", trivial_scalings("layer norm without affine"))
         if bn is not None:
             return ctx.refuse(node, "layer norm with a bias but no weight")
-    else:
-        ctx.monomial(out, "layer-norm output")
-        _affine(ctx, node, wn, bn, out)
+        # the output is N(x) itself: it carries the input's element s P
+        ctx.tie(x, out, "same", "layer norm without affine")
+        return out
+    # gamma' = s D P gamma, beta' = D P beta: output P D with the input's P and any non-zero D
+    w, b = _p(ctx, wn), _p(ctx, bn)
+    if w is None or (bn is not None and b is None):
+        return ctx.refuse(node, "normalisation affine parameters that are not parameters of the model")
+    ctx.tie(x, out, "perm", "layer norm")
+    ctx.monomial(out, "layer-norm output")
+    ctx.bind(w.fqn, 0, out, "diag", other=x)
+    if b is not None:
+        ctx.bind(b.fqn, 0, out, "co")
     return out
 
 
@@ -165,23 +171,43 @@ def group_norm(ctx, node):
         return FIXED
     c = ctx.shape(node)[1]
     out = ctx.new_axis(c, 1)
+    w, b = _p(ctx, wn), _p(ctx, bn)
     if wn is None:
-        ctx.monomial(out, "group norm without affine", trivial_scalings("group norm without affine"))
-    else:
-        ctx.monomial(out, "group-norm output")
-        _affine(ctx, node, wn, bn, out)
+        if bn is not None:
+            return ctx.refuse(node, "group norm with a bias but no weight")
+    elif w is None or (bn is not None and b is None):
+        return ctx.refuse(node, "normalisation affine parameters that are not parameters of the model")
     if not isinstance(x, Rep):
-        ctx.freeze(out, "group norm of a fixed input")
+        if w is None:
+            ctx.freeze(out, "group norm of a fixed input")
+        else:  # no permutation (the input cannot move), any non-zero scaling per channel
+            ctx.monomial(out, "group norm of a fixed input", perm="fixed")
+            ctx.bind(w.fqn, 0, out, "co")
+            if b is not None:
+                ctx.bind(b.fqn, 0, out, "co")
         return out
-    # each group is normalised on its own: permutations within a group, one per group
-    # (permutations of whole groups are not represented: a sound subgroup)
+    # Each group is a layer norm of its channels (times positions): group j's input carries
+    # s_j P_j, the output P_j D_j with the same P_j, and whole groups may be permuted
+    # (docs/transformer_symmetries.md, section 8): input Block(G, Perm x {+-I}), output
+    # Block(G, Perm x Diag), one unit permutation; gamma' = s D P gamma, beta' = D P beta.
     k = c // groups
-    if groups > 1:
-        ctx.note(f"group norm in module {ctx.module()!r}: permutations within each of its {groups} groups; "
-                 "permutations of whole groups are not represented")
-    for j in range(groups):
-        xj = Rep(1, sub_segs(x.segs, j * k, (j + 1) * k))
-        oj = Rep(1, sub_segs(out.segs, j * k, (j + 1) * k))
-        ctx.permutations_only(xj, "group-norm input")
-        ctx.tie(xj, oj, "perm", "group norm")
+    signs = Constraint("scaled_perm", "group-norm input", sign_scalings("group-norm input"))
+    if groups > 1 and k > 1:
+        # (a grouped convolution reading it splits the groups into sites: the solver then keeps
+        # each group's sign and permutations and notes the loss of the group permutation)
+        ctx.constrain(x, Constraint("block", f"group norm {ctx.module()!r} input", heads=groups, inner=signs))
+    else:
+        # one group (a layer norm of all channels), or groups of one channel (instance norm): a
+        # sign per channel, the channels permuted as whole groups
+        ctx.constrain(x, signs if groups == 1 else Constraint("monomial", "group-norm input", sign_scalings("group-norm input")))
+    if w is None:
+        ctx.tie(x, out, "same", "group norm without affine")
+        return out
+    ctx.tie(x, out, "perm", "group norm")
+    ctx.monomial(out, "group-norm output")
+    if groups > 1 and k > 1:
+        ctx.constrain(out, Constraint("block", "group-norm output", heads=groups, inner=Constraint("monomial", "group-norm output")))
+    ctx.bind(w.fqn, 0, out, "diag", other=x)
+    if b is not None:
+        ctx.bind(b.fqn, 0, out, "co")
     return out

@@ -99,11 +99,16 @@ def reshape_rep(ctx, node, x: Rep, si, so):
                 return ctx.refuse(node, "merging heads whose inner units were sliced")
             return Rep(nout[0], x.segs, 1)
         return ctx.refuse(node, f"reshape {si} -> {so} mixes the heads with other dimensions")
-    moved = []
+    moved, repeated = [], None
     for d in (x.dim, x.inner):
         ins, outs = group_of(d)
         nin, nout = _nz(ins, si), _nz(outs, so)
         if nin == [d] and len(nout) == 1:
+            moved.append(nout[0])
+            continue
+        if d == x.dim and len(nin) == 2 and len(nout) == 1 and d in nin and _copies(ctx, node.args[0], sum(nin) - d):
+            # repeat_kv: heads merged with a dimension that only holds copies (an expand of size 1)
+            repeated = (si[sum(nin) - d], nin[0] == d)
             moved.append(nout[0])
             continue
         if d == x.dim and nin == [d] and len(nout) == 2 and x.heads == so[nout[0]] * so[nout[1]]:
@@ -114,7 +119,27 @@ def reshape_rep(ctx, node, x: Rep, si, so):
             return ctx.refuse(node, "merging heads with another dimension (grouped-query attention's repeat_kv?)",
                               "grouped-query attention is not supported: use as many key/value heads as query heads")
         return ctx.refuse(node, f"reshape {si} -> {so} mixes the heads with other dimensions")
-    return replace(x, dim=moved[0], inner=moved[1])
+    out = replace(x, dim=moved[0], inner=moved[1])
+    if repeated is not None:
+        from ._attention import repeat_heads
+
+        return repeat_heads(ctx, node, out, *repeated)
+    return out
+
+
+_NO_OPS = (aten.clone.default, aten.contiguous.default, aten.alias.default)
+
+
+def _copies(ctx, n, dim) -> bool:
+    """Whether dimension ``dim`` of node ``n`` only holds copies: ``n`` is (through clones) an
+    ``expand`` of a tensor with size 1 there (or without that dimension)."""
+    while isinstance(n, fx.Node) and n.op == "call_function" and n.target in _NO_OPS:
+        n = n.args[0]
+    if not (isinstance(n, fx.Node) and n.op == "call_function" and n.target is aten.expand.default):
+        return False
+    si, so = ctx.shape(n.args[0]), ctx.shape(n)
+    k = dim - (len(so) - len(si))
+    return k < 0 or si[k] == 1
 
 
 def _param_reshape(ctx, node, p: Param, si, so):
@@ -136,6 +161,11 @@ def _param_reshape(ctx, node, p: Param, si, so):
       if hasattr(aten, "reshape_as") else None, param_view=True)
 def view(ctx, node):
     x = ctx.rep(node.args[0])
+    from ._rotary import rotate_pairs_source
+
+    src = rotate_pairs_source(ctx, node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    if src is not None and isinstance(x, Rep) and isinstance(ctx.rep(src), Rep):
+        return ctx.rep(src)  # rotate_every_two flattened back: x's units, rotated (the stack rule constrained them)
     si, so = ctx.shape(node.args[0]), ctx.shape(node)
     if isinstance(x, Param):
         return _param_reshape(ctx, node, x, si, so)
@@ -235,8 +265,29 @@ def cat(ctx, node):
     if not reps:
         return FIXED
     first = reps[0]
+    if first.heads is None and dim == first.dim and first.scalar:
+        # rotate_half of one head without a head dimension (multi-query keys): as below, one block
+        from ._rotary import rotate_half_source
+
+        src = rotate_half_source(ctx, node)
+        x = ctx.rep(src) if src is not None else None
+        if isinstance(x, Rep) and x.heads is None and x.dim == dim and not x.scalar and x.repeat == 1:
+            ctx.constrain(x, Constraint("complex", "rotary embeddings (rotate_half)", layout="half"))
+            return x
+        return ctx.refuse(node, "concatenating pieces of a hidden axis that are not a rotary rotation")
     if first.heads is not None and dim == first.inner:
-        # rotary's rotate_half: cat of sliced inner units of the same heads
+        # rotary's rotate_half, cat(-x[..., d/2:], x[..., :d/2]): +-i on every plane (i, i + d/2),
+        # which commutes with the complex scalars per pair of that layout (rules/_rotary.py)
+        from ._rotary import rotate_half_source
+
+        src = rotate_half_source(ctx, node)
+        x = ctx.rep(src) if src is not None else None
+        if isinstance(x, Rep) and x.heads is not None and x.inner == dim and not x.scalar and x.merged == 1 and \
+                all(isinstance(v, Rep) and v.segs == x.segs for v in vals):
+            ctx.constrain(x, Constraint("block", "rotary embeddings (rotate_half)", heads=x.heads,
+                                        inner=Constraint("complex", "rotate_half", layout="half")))
+            return x
+        # other cats of sliced inner units of the same heads (the slices kept per-head scalars)
         if all(isinstance(v, Rep) and v.scalar and v.segs == first.segs and v.dim == first.dim for v in vals):
             return first
         return ctx.refuse(node, "concatenating head-split units of different tensors")
@@ -270,6 +321,26 @@ def cat(ctx, node):
     return replace(first, scalar=all(v.scalar for v in reps))
 
 
+@rule(aten.stack.default)
+def stack(ctx, node):
+    """GPT-J's rotate_every_two, ``stack((-x[..., 1::2], x[..., ::2]), -1)`` flattened back: the
+    right-angle rotation of every plane (2i, 2i + 1), which commutes with the complex scalars per
+    pair of that layout (rules/_rotary.py). Other stacks of hidden tensors are refused."""
+    from ._rotary import rotate_pairs_source
+
+    src = rotate_pairs_source(ctx, node)
+    x = ctx.rep(src) if src is not None else None
+    last = len(ctx.shape(src)) - 1 if src is not None else None
+    if isinstance(x, Rep) and x.heads is not None and x.inner == last and not x.scalar and x.merged == 1:
+        ctx.constrain(x, Constraint("block", "rotary embeddings (rotate_every_two)", heads=x.heads,
+                                    inner=Constraint("complex", "rotate_every_two", layout="interleaved")))
+        return replace(x, scalar=True)  # only read by the flatten back (checked), which returns x
+    if isinstance(x, Rep) and x.heads is None and x.dim == last and not x.scalar and x.repeat == 1:
+        ctx.constrain(x, Constraint("complex", "rotary embeddings (rotate_every_two)", layout="interleaved"))
+        return replace(x, scalar=True)
+    return ctx.refuse(node, "stacking hidden tensors")
+
+
 def _norm_slice(start, stop, step, n):
     return slice(start, stop, step).indices(n)
 
@@ -290,12 +361,21 @@ def slice_(ctx, node):
     if (start, stop, step) == (0, si[dim], 1):
         return x
     if dim == x.dim and x.heads is None:
+        from ._rotary import rotate_half_slice
+
+        if x.repeat == 1 and not x.scalar and dim == len(si) - 1 and rotate_half_slice(ctx, node):
+            return replace(x, scalar=True)  # half of a rotary rotation of one head, used only there
         if step != 1 or x.repeat != 1:
             return ctx.refuse(node, "strided slicing (or slicing a flattened tensor) of a hidden axis")
         return Rep(x.dim, sub_segs(x.segs, start, stop))
     if dim == x.dim:
         return ctx.refuse(node, "slicing the heads")
     if dim == x.inner:
+        from ._rotary import rotate_half_slice
+
+        if not x.scalar and rotate_half_slice(ctx, node):
+            # one half of a rotate_half, used only there: the cat claims what it commutes with
+            return replace(x, scalar=True)
         ctx.constrain(x, Constraint("block", "slicing inside heads: per-head scalars only (a sound subgroup)",
                                     heads=x.heads, inner=Constraint("scalar", "sliced heads")))
         return replace(x, scalar=True)
@@ -340,11 +420,20 @@ def split(ctx, node):
     if not isinstance(x, Rep) or dim not in (x.dim, x.inner):
         return [x] * len(outs)
     if dim == x.inner:
+        from ._rotary import rotate_half_slice
+
+        if not x.scalar and rotate_half_slice(ctx, node):
+            # the two halves of a rotate_half, used only there: the cat claims what it commutes with
+            return [replace(x, scalar=True)] * len(outs)
         ctx.constrain(x, Constraint("block", "splitting inside heads: per-head scalars only", heads=x.heads,
                                     inner=Constraint("scalar", "split heads")))
         return [replace(x, scalar=True)] * len(outs)
     if x.heads is not None:
         return ctx.refuse(node, "splitting the heads")
+    from ._rotary import rotate_half_slice
+
+    if x.repeat == 1 and not x.scalar and dim == len(si) - 1 and rotate_half_slice(ctx, node):
+        return [replace(x, scalar=True)] * len(outs)  # the halves of a rotate_half of one head
     if x.repeat != 1:
         return ctx.refuse(node, "splitting a flattened hidden axis")
     res, pos = [], 0

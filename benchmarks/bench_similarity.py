@@ -19,6 +19,12 @@ kernel computes the blocks on and above the diagonal, counted exactly from its b
 "Effective" rates divide the full 2 N^2 C H W flops by the time.
 
 Usage: ``nice -n 10 python benchmarks/bench_similarity.py [--sizes 2000 10000] [--json out.json]``
+
+``--minibatch``: instead, the error of :func:`minibatch_cka` against the full-batch unbiased
+linear CKA on the same samples, over seeds, for a dependent pair with a known population value
+(X ~ N(0, I_8), Y = X[:, :2]: CKA = 0.5) and an independent pair (CKA = 0), by batch size;
+and the time of :func:`layer_similarity` against full-batch linear CKA of collected features.
+``nice -n 10 python benchmarks/bench_similarity.py --minibatch [--seeds 40] [--samples 2000]``
 """
 
 from __future__ import annotations
@@ -143,14 +149,81 @@ def run(n: int, full_reference_limit: int, seed: int = 0) -> dict:
     return out
 
 
+def minibatch_errors(samples: int, seeds: int) -> list[dict]:
+    from torch_bridge.similarity import linear_cka, minibatch_cka
+
+    rows = []
+    for case in ("dependent (CKA 0.5)", "independent (CKA 0)"):
+        for b in (50, 200, 500):
+            diffs, errs, fulls = [], [], []
+            for seed in range(seeds):
+                rng = np.random.default_rng(seed)
+                X = rng.normal(size=(samples, 8))
+                Y = X[:, :2].copy() if case.startswith("dep") else rng.normal(size=(samples, 2))
+                full = linear_cka(X, Y)
+                r = minibatch_cka([(X[i:i + b], Y[i:i + b]) for i in range(0, samples, b)])
+                diffs.append(r.value - full)
+                errs.append(r.stderr)
+                fulls.append(full)
+            d, e = np.asarray(diffs), np.asarray(errs)
+            rows.append({"case": case, "batch": b, "batches": -(-samples // b), "sd_full": float(np.std(fulls)),
+                         "sd_minibatch_minus_full": float(d.std()), "mean_stderr": float(e.mean()),
+                         "within_2_stderr": float(np.mean(np.abs(d) <= 2 * e)),
+                         "within_3_stderr": float(np.mean(np.abs(d) <= 3 * e))})
+    return rows
+
+
+def layer_timing(samples: int) -> dict:
+    from torch import nn
+
+    from torch_bridge.similarity import collect_features, layer_similarity, linear_cka
+
+    torch.manual_seed(0)
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+                             nn.ReLU())
+    a, b = net(), net()
+    x = torch.randn(samples, 3, 16, 16)
+    t = time.perf_counter()
+    res = layer_similarity(a, b, x, batch_size=250)
+    t_stream = time.perf_counter() - t
+    t = time.perf_counter()
+    fa = collect_features(a, x, list(res.layers_a))
+    fb = collect_features(b, x, list(res.layers_b))
+    full = np.array([[linear_cka(fa[p], fb[q]) for q in res.layers_b] for p in res.layers_a])
+    t_full = time.perf_counter() - t
+    feature_mb = sum(v.numel() * v.element_size() for v in list(fa.values()) + list(fb.values())) / 2**20
+    return {"samples": samples, "layers": len(res.layers_a), "layer_similarity_s": t_stream, "full_batch_s": t_full,
+            "max_abs_difference": float(np.abs(res.matrix - full).max()), "full_features_MB": feature_mb}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minibatch", action="store_true", help="measure minibatch CKA against full-batch CKA instead")
+    ap.add_argument("--seeds", type=int, default=40)
+    ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
     ap.add_argument("--full-reference-limit", type=int, default=2000,
                     help="run the whole reference loop up to this N, extrapolate above")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    if args.minibatch:
+        rows = minibatch_errors(args.samples, args.seeds)
+        print(f"minibatch_cka vs full-batch linear_cka (unbiased), N = {args.samples}, {args.seeds} seeds")
+        print("  case                  batch  batches  sd(full)  sd(mb-full)  mean stderr  |d|<=2se  |d|<=3se")
+        for r in rows:
+            print(f"  {r['case']:<21} {r['batch']:>5}  {r['batches']:>7}  {r['sd_full']:.4f}    {r['sd_minibatch_minus_full']:.4f}"
+                  f"       {r['mean_stderr']:.4f}       {r['within_2_stderr']:.2f}      {r['within_3_stderr']:.2f}")
+        lt = layer_timing(args.samples)
+        print(f"layer_similarity, two conv nets, {lt['layers']} x {lt['layers']} layers, N = {lt['samples']}: "
+              f"{lt['layer_similarity_s']:.2f} s streamed (batches of 250) vs {lt['full_batch_s']:.2f} s full-batch "
+              f"({lt['full_features_MB']:.0f} MB of features held); max |difference| {lt['max_abs_difference']:.4f}")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"minibatch": rows, "layers": lt}, fh, indent=2)
+        return
     results = []
     for n in args.sizes:
         r = run(n, args.full_reference_limit)

@@ -18,3 +18,11 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One data cache and model zoo for the experiment and merge tests: the shared CIFAR-10 is
+    decoded once per test run, not once per module (zoo keys hold everything that determines
+    a model, so sharing the zoo reuses only identical models)."""
+    return tmp_path_factory.mktemp("shared-cache")

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["collect_features"]
+__all__ = ["collect_features", "stream_features", "resolve_layers", "batches"]
 
 
-def _resolve_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
+def resolve_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
     named = dict(model.named_modules())
     if isinstance(layers, type) and issubclass(layers, nn.Module):
         found = {name: m for name, m in named.items() if isinstance(m, layers) and name}
@@ -44,7 +44,7 @@ def _resolve_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
     return out
 
 
-def _batches(inputs_or_loader, batch_size: int):
+def batches(inputs_or_loader, batch_size: int):
     if isinstance(inputs_or_loader, np.ndarray):
         inputs_or_loader = torch.from_numpy(inputs_or_loader)
     if isinstance(inputs_or_loader, torch.Tensor):
@@ -56,6 +56,86 @@ def _batches(inputs_or_loader, batch_size: int):
         yield item[0] if isinstance(item, (tuple, list)) else item
 
 
+#: Module types whose outputs of 3 or more dimensions put channels last ((N, T, C) tokens).
+_CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, nn.Bilinear)
+
+
+def feature_info(name: str, module: nn.Module, example: torch.Tensor):
+    """What is known about the features of ``module`` (see :mod:`._provenance`)."""
+    from ..symmetry import module_activation
+    from ._provenance import FeatureInfo
+
+    src = type(module).__name__
+    ref = module_activation(module)
+    if ref is not None and ref.name == "identity":
+        ref = None  # nn.Identity passes features through: it says nothing about a group
+    last = example.ndim >= 3 and (isinstance(module, _CHANNELS_LAST) or src == "Conv1D")  # HF's Conv1D is a linear map
+    return FeatureInfo(name, src, ref, "channels_last" if last else None)
+
+
+def _check_model(model, batch_size):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Argument 'model' must be a torch.nn.Module, not {type(model).__name__}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Argument 'batch_size' must be a positive integer, not {batch_size!r}.")
+
+
+def stream_features(model: nn.Module, inputs_or_loader, layers, *, batch_size: int = 256, device=None,
+                    store_device="cpu", dtype=None):
+    """Like :func:`collect_features`, one batch at a time: yields ``{layer name: tensor}``
+    for every batch, so that memory holds one batch of features (the hooks are removed
+    and the model's mode restored when the generator finishes or is closed)."""
+    _check_model(model, batch_size)
+    mods = resolve_layers(model, layers)
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    store: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+    active = [False]  # hooks record only during this generator's own forward passes
+
+    def make_hook(name):
+        def hook(_module, _inp, out):
+            if not active[0]:
+                return
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1:
+                raise ValueError(
+                    f"module {name!r} runs more than once per forward pass (a shared module?); its "
+                    "features are ambiguous: give each use its own module"
+                )
+            t = out.detach().to(store_device)
+            store[name] = t.to(dtype) if dtype is not None else t
+
+        return hook
+
+    # Every module's own mode (a model may keep some parts, frozen batch norm, in eval mode).
+    modes = [(m, m.training) for m in model.modules()]
+    handles = [m.register_forward_hook(make_hook(name)) for name, m in mods.items()]
+    try:
+        model.eval()
+        for batch in batches(inputs_or_loader, batch_size):
+            calls.clear()
+            store.clear()
+            active[0] = True
+            try:
+                with torch.no_grad():
+                    model(batch.to(device))
+            finally:
+                active[0] = False
+            missing = [n for n in mods if n not in store]
+            if missing:
+                raise ValueError(f"Argument 'layers': module(s) {missing} never ran during the forward pass.")
+            yield {name: store[name] for name in mods}
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+
+
 def collect_features(model: nn.Module, inputs_or_loader, layers, *, batch_size: int = 256,
                      device=None, store_device="cpu", dtype=None) -> dict[str, torch.Tensor]:
     """Outputs of chosen modules of ``model`` over a dataset, concatenated over batches.
@@ -63,6 +143,12 @@ def collect_features(model: nn.Module, inputs_or_loader, layers, *, batch_size: 
     Forward hooks copy each chosen module's output (detached, moved to ``store_device``)
     and nothing else; the model runs in eval mode under ``torch.no_grad()`` and its mode
     and hooks are restored afterwards, even on error.
+
+    The returned tensors remember their module: the group measures warn when given a
+    ``group`` that differs from the module's activation (GELU features with the default
+    ``group="relu"``), and features of modules that put channels last (``nn.Linear``,
+    ``nn.LayerNorm``, ... on ``(N, T, C)`` tokens) are read with ``layout="channels_last"``
+    unless a layout is given. A slice or copy of a tensor does not carry this record.
 
     Parameters
     ----------
@@ -91,45 +177,20 @@ def collect_features(model: nn.Module, inputs_or_loader, layers, *, batch_size: 
         Unknown layer names, or a hooked module that runs more than once per forward pass
         (a shared ``nn.ReLU`` instance: its features would be ambiguous).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Argument 'model' must be a torch.nn.Module, not {type(model).__name__}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Argument 'batch_size' must be a positive integer, not {batch_size!r}.")
-    mods = _resolve_layers(model, layers)
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    store: dict[str, list[torch.Tensor]] = {name: [] for name in mods}
-    calls: dict[str, int] = {}
-
-    def make_hook(name):
-        def hook(_module, _inp, out):
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            calls[name] = calls.get(name, 0) + 1
-            if calls[name] > 1:
-                raise ValueError(
-                    f"module {name!r} runs more than once per forward pass (a shared module?); its "
-                    "features are ambiguous: give each use its own module"
-                )
-            t = out.detach().to(store_device)
-            store[name].append(t.to(dtype) if dtype is not None else t)
-
-        return hook
-
-    was_training = model.training
-    handles = [m.register_forward_hook(make_hook(name)) for name, m in mods.items()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in _batches(inputs_or_loader, batch_size):
-                calls.clear()
-                model(batch.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    empty = [n for n, v in store.items() if not v]
+    _check_model(model, batch_size)
+    mods = resolve_layers(model, layers)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in mods}
+    for feats in stream_features(model, inputs_or_loader, mods.values(), batch_size=batch_size, device=device,
+                                 store_device=store_device, dtype=dtype):
+        for name, t in zip(mods, feats.values()):
+            parts[name].append(t)
+    empty = [n for n, v in parts.items() if not v]
     if empty:
         raise ValueError(f"Argument 'layers': module(s) {empty} never ran during the forward pass, or there was no input.")
-    return {name: torch.cat(v, dim=0) for name, v in store.items()}
+    from ._provenance import register
+
+    out = {}
+    for name, v in parts.items():
+        out[name] = torch.cat(v, dim=0)
+        register(out[name], feature_info(name, mods[name], out[name]))
+    return out

@@ -16,19 +16,127 @@ import torch
 
 from ._invariance import Invariance
 
-__all__ = ["as_features", "check_pair", "ChannelStats", "channel_stats", "row_batches"]
+__all__ = ["as_features", "check_pair", "ChannelStats", "channel_stats", "row_batches", "LAYOUTS",
+           "SimilarityWarning", "check_layout", "safe_scale", "times_power_of_two", "scales_channels",
+           "channel_exponents", "times_channel_powers"]
 
 #: Elements of one batch of rows when streaming over samples (about 32 MB in float64).
 BATCH_ELEMENTS = 1 << 22
 #: Default relative tolerance under which a centred channel counts as constant (dead).
 DEAD_RTOL = 1e-6
+#: Inputs whose largest magnitude lies outside [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] are
+#: rescaled by a power of two before anything is squared (exact, and every measure is
+#: invariant under it; see :func:`safe_scale`).
+SAFE_EXPONENT = 16
+
+#: Accepted ``layout`` names -> where the channel axis is.
+LAYOUTS = {
+    "channels_first": "channels_first", "NC": "channels_first", "NCHW": "channels_first",
+    "NCL": "channels_first", "NCT": "channels_first",
+    "channels_last": "channels_last", "NHWC": "channels_last", "NTC": "channels_last",
+    "NLC": "channels_last", "NWC": "channels_last",
+}
 
 
-def as_features(x, name: str) -> torch.Tensor:
+class SimilarityWarning(UserWarning):
+    """A similarity computation that runs but may not mean what the caller thinks
+    (ambiguous layout, a group that does not match the features' activation, dropped batches)."""
+
+
+def check_layout(layout):
+    """The canonical layout name (``"channels_first"`` or ``"channels_last"``), or None."""
+    if layout is None:
+        return None
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(
+            f"Argument 'layout' must be one of {', '.join(map(repr, LAYOUTS))} or None, not {layout!r}."
+        )
+    return LAYOUTS[layout]
+
+
+def safe_scale(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(t * 2**-e, e)`` with the largest magnitude of the result in [1/2, 1), or ``(t, 0)``
+    when ``t`` is already within [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] (no copy).
+
+    A power of two is exact in binary floating point (up to subnormal underflow of entries
+    below 2**-1074 of the largest, float64, or 2**-149, float32), so the rescaled features
+    are the same numbers in other units. Squaring 1e-30 in float32 or 1e200 in float64
+    under- or overflows; the rescaled values do not.
+    """
+    lo, hi = torch.aminmax(t)
+    m = max(abs(float(lo)), abs(float(hi)))
+    if m == 0:
+        return t, 0
+    e = math.frexp(m)[1]
+    if -SAFE_EXPONENT <= e <= SAFE_EXPONENT:
+        return t, 0
+    return times_power_of_two(t, -e), e
+
+
+def scales_channels(inv) -> bool:
+    """Whether the group ``inv`` scales each channel separately (positive scalings
+    ``(0, oo)`` or powers of a step, or general linear), so that each channel may be stored
+    with its own power of two (:func:`channel_exponents`): the measure divides every channel
+    by a scale of its own, computed from its true norm (:func:`canonical_scale` takes the
+    per-channel exponents). Groups without scalings compare the channels' sizes, and a
+    channel far below the largest is negligible there: one global power serves them."""
+    return inv is not None and (inv.kind == "general_linear" or inv.positive != "trivial")
+
+
+def channel_exponents(t: torch.Tensor) -> torch.Tensor | None:
+    """Per-channel exponents ``e_c`` (int64, shape ``(C,)``) with the largest magnitude of
+    channel ``c`` of the ``(N, C, P)`` tensor in ``[2**(e_c - 1), 2**e_c)``, or None when every
+    channel lies within ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT]`` (nothing to do).
+
+    One global power of two cannot help features whose channels differ by more than the
+    dtype's range allows (float32 channels of 1e-25 and 1e20: the product of the large one
+    with itself overflows, and dividing everything by it sends the small one below 2**-149);
+    for groups with per-channel scalings each channel gets its own power of two."""
+    m = torch.maximum(t.amax(dim=(0, 2)), -t.amin(dim=(0, 2))).to(torch.float64)
+    e = torch.frexp(m).exponent.to(torch.int64)
+    e = torch.where(m > 0, e, torch.zeros_like(e))
+    if bool(((e >= -SAFE_EXPONENT) & (e <= SAFE_EXPONENT)).all()):
+        return None
+    return e
+
+
+def times_channel_powers(t: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+    """``t * 2**-e_c`` channel by channel (exact), in two halves so that each factor is a
+    normal number of ``t``'s dtype."""
+    if e is None:
+        return t
+    half = torch.div(e, 2, rounding_mode="floor")
+    out = t
+    for k in (half, e - half):
+        f = torch.ldexp(torch.ones(k.shape, dtype=torch.float64, device=t.device), -k.to(t.device))
+        out = out * f.to(t.dtype)[None, :, None]
+    return out
+
+
+def times_power_of_two(t: torch.Tensor, k: int) -> torch.Tensor:
+    """``t * 2**k`` (a new tensor unless k == 0); 2**k itself may not be representable in
+    ``t``'s dtype, so it is applied in steps of at most 2**60."""
+    out = t
+    while k:
+        step = max(-60, min(60, k))
+        out = out * (2.0 ** step)
+        k -= step
+    return out
+
+
+def as_features(x, name: str, layout=None) -> torch.Tensor:
     """A ``(N, C, P)`` floating tensor from a numpy array or torch tensor.
 
     float16/bfloat16 become float32, integers and booleans float64; the device is kept.
+    ``layout`` (canonical, from :func:`check_layout`): ``"channels_last"`` moves the last
+    axis to the channel position (``(N, T, C)`` tokens or ``(N, H, W, C)`` maps); None reads
+    channels at axis 1 and warns when a 3-D array looks token-major (``(N, T, C)`` with
+    ``T > C``), unless the array came from :func:`collect_features` on a module whose
+    layout is known.
     """
+    from ._provenance import lookup
+
+    info = lookup(x)
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in "fiub":
             raise TypeError(f"Argument {name!r} must hold real numbers, not numpy dtype {x.dtype}.")
@@ -48,6 +156,19 @@ def as_features(x, name: str) -> torch.Tensor:
         t = t.to(torch.float64)
     elif t.dtype in (torch.float16, torch.bfloat16):
         t = t.to(torch.float32)
+    if layout is None and info is not None:
+        layout = info.layout
+    if layout is None and t.ndim == 3 and t.shape[1] > t.shape[2]:
+        import warnings
+
+        warnings.warn(
+            f"Argument {name!r} of shape {tuple(t.shape)} is read as (N, C={t.shape[1]}, L={t.shape[2]}) with "
+            "channels at axis 1; if it holds token features (N, T, C), pass layout='channels_last' "
+            "(layout='channels_first' silences this warning).",
+            SimilarityWarning, stacklevel=4,
+        )
+    if layout == "channels_last" and t.ndim > 2:
+        t = t.movedim(-1, 1)
     n, c = t.shape[0], t.shape[1]
     if n == 0 or c == 0 or t.numel() == 0:
         raise ValueError(f"Argument {name!r} is empty (shape {tuple(t.shape)}).")
@@ -65,10 +186,9 @@ def check_pair(X: torch.Tensor, Y: torch.Tensor, min_samples: int = 1, same_posi
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"{what}X has N={X.shape[0]} samples but Y has N={Y.shape[0]}; rows must be the same inputs.")
     if X.shape[0] < min_samples:
-        raise ValueError(
-            f"{what}the unbiased HSIC estimator needs N >= {min_samples} samples (it divides by N(N-3)), "
-            f"got N={X.shape[0]}."
-        )
+        why = ("the unbiased HSIC estimator needs N >= 4 samples (it divides by N(N-3))" if min_samples == 4
+               else f"this measure needs N >= {min_samples} samples")
+        raise ValueError(f"{what}{why}, got N={X.shape[0]}.")
     if X.device != Y.device:
         raise ValueError(f"{what}X is on {X.device} but Y is on {Y.device}; put both on one device.")
     if same_positions and X.shape[2] != Y.shape[2]:
@@ -137,8 +257,14 @@ def channel_stats(X: torch.Tensor, center: bool, dead_rtol: float = DEAD_RTOL) -
     return ChannelStats(mean, norm, live)
 
 
-def canonical_scale(norm: torch.Tensor, inv: Invariance) -> torch.Tensor:
+def canonical_scale(norm: torch.Tensor, inv: Invariance, exponent=0, reference: int | None = None) -> torch.Tensor:
     """The divisor of each channel that removes the scalings of ``inv`` (float64).
+
+    ``norm`` is measured on features stored as ``true * 2**-exponent`` (:func:`safe_scale`;
+    ``exponent`` an int, or a tensor of one exponent per channel, :func:`channel_exponents`,
+    for groups that scale channels); the divisor is in the same units. ``reference`` (for groups without scalings, whose
+    measures compare the scales of X and Y) is the common exponent both sides are brought
+    to: the divisor is ``2**(reference - exponent)``.
 
     * positive scalings ``(0, oo)``: the channel's norm (every live channel gets norm 1);
     * no scalings: 1 (the measure keeps the scale, it is part of what is compared);
@@ -152,7 +278,17 @@ def canonical_scale(norm: torch.Tensor, inv: Invariance) -> torch.Tensor:
     if inv.positive == "all":
         return safe
     if inv.positive == "trivial":
-        return torch.ones_like(norm)
+        if isinstance(exponent, torch.Tensor):
+            raise ValueError("canonical_scale: groups without scalings take one exponent for all channels")
+        ref = exponent if reference is None else reference
+        # Beyond 2**1000 the smaller side is 0 next to the other in float64 anyway.
+        return torch.full_like(norm, math.ldexp(1.0, min(ref - exponent, 1000)))
     base = math.log(abs(inv.step))
-    k = torch.floor(torch.log(safe) / base + 0.5)
-    return torch.pow(torch.full_like(norm, inv.step), k)
+    if isinstance(exponent, torch.Tensor):
+        exponent = exponent.to(device=norm.device, dtype=torch.float64)  # not float32 by promotion
+    # k from the true norm (log(norm) + exponent log 2); the divisor step**k in stored units.
+    k = torch.floor((torch.log(safe) + exponent * math.log(2.0)) / base + 0.5)
+    magnitude = torch.exp(k * base - exponent * math.log(2.0))
+    if inv.step < 0:
+        magnitude = torch.where(torch.remainder(k, 2) == 1, -magnitude, magnitude)
+    return magnitude

@@ -7,7 +7,8 @@ import math
 
 import torch
 
-from ._features import ChannelStats, as_features, canonical_scale, channel_stats, check_pair, compute_dtype, row_batches
+from ._features import (ChannelStats, as_features, canonical_scale, channel_exponents, channel_stats, check_layout,
+                        check_pair, compute_dtype, row_batches, safe_scale, scales_channels, times_channel_powers)
 from ._invariance import Invariance
 
 __all__ = [
@@ -42,20 +43,33 @@ def live_stats(X: torch.Tensor, name: str, center: bool, dead_rtol: float) -> Ch
     return st
 
 
-def normalised_channels(X, name, inv: Invariance, center: bool, dead_rtol: float, dtype) -> torch.Tensor:
-    """Live channels, centred if asked and divided by their canonical scale, as ``(C, N, P)``."""
-    st = live_stats(X, name, center, dead_rtol)
+def normalised_channels(X, name, inv: Invariance, center: bool, dead_rtol: float, dtype, exponent: int = 0,
+                        stats: ChannelStats | None = None) -> torch.Tensor:
+    """Live channels, centred if asked and divided by their canonical scale, as ``(C, N, P)``.
+
+    ``exponent``: ``X`` holds the true features times ``2**-exponent`` (:func:`prepare`).
+    ``stats``: channel statistics to use instead of those of ``X`` (minibatches use the
+    statistics of the whole data set)."""
+    st = live_stats(X, name, center, dead_rtol) if stats is None else stats
     live = st.live
-    # Statistics are float64; applying them elementwise is done in the compute dtype.
-    mean = st.mean[live][None, :, None].to(dtype)
-    inv_scale = (1.0 / canonical_scale(st.norm, inv)[live])[None, :, None].to(dtype)
+    mean = st.mean[live][None, :, None]
+    inv_scale = (1.0 / canonical_scale(st.norm, inv, exponent)[live])[None, :, None]
+    # Statistics are float64. They are applied in the compute dtype when the factors fit it
+    # comfortably, else in float64 (1 / scale of a channel far smaller than the largest one
+    # need not fit float32 even when the normalised values do).
+    work = dtype
+    if dtype != torch.float64:
+        lo, hi = float(inv_scale.abs().min()), float(inv_scale.abs().max())
+        if not (2.0**-100 < lo and hi < 2.0**100):
+            work = torch.float64
+    mean, inv_scale = mean.to(work), inv_scale.to(work)
     n, _, p = X.shape
     c = int(live.sum())
     Z = torch.empty((c, n, p), dtype=dtype, device=X.device)
     all_live = bool(live.all())
     for sl in row_batches(n, X.shape[1] * p):
         b = X[sl] if all_live else X[sl][:, live]
-        Z[:, sl] = ((b.to(dtype) - mean) * inv_scale).permute(1, 0, 2)
+        Z[:, sl] = ((b.to(work) - mean) * inv_scale).to(dtype).permute(1, 0, 2)
     return Z
 
 
@@ -118,11 +132,24 @@ def flat(Z: torch.Tensor) -> torch.Tensor:
     return Z.permute(1, 0, 2).reshape(Z.shape[1], -1)
 
 
-def prepare(X, Y, min_samples=4, **kw):
-    X = as_features(X, "X")
-    Y = as_features(Y, "Y")
+def prepare(X, Y, min_samples=4, layout=None, inv=None, **kw):
+    """Validated ``(N, C, P)`` tensors rescaled by powers of two, and the exponents:
+    ``(X', Y', ex, ey)`` with ``X = X' 2**ex`` (see :func:`safe_scale`).
+
+    When the group ``inv`` scales each channel (:func:`scales_channels`), each channel is
+    rescaled by its own power of two instead and ``ex``, ``ey`` are ``(C,)`` tensors of
+    exponents (or 0 when no channel needed it), as :func:`canonical_scale` takes them."""
+    layout = check_layout(layout)
+    X = as_features(X, "X", layout)
+    Y = as_features(Y, "Y", layout)
     check_pair(X, Y, min_samples=min_samples, **kw)
-    return X, Y
+    if scales_channels(inv):
+        ex, ey = channel_exponents(X), channel_exponents(Y)
+        return (times_channel_powers(X, ex), times_channel_powers(Y, ey),
+                0 if ex is None else ex, 0 if ey is None else ey)
+    X, ex = safe_scale(X)
+    Y, ey = safe_scale(Y)
+    return X, Y, ex, ey
 
 
 def median(D: torch.Tensor) -> float:

@@ -6,13 +6,14 @@ import numpy as np
 import torch
 
 from ._features import DEAD_RTOL
+from ._invariance import Invariance
 from ._prep import channel_covariances, check_tol, prepare
 
 __all__ = ["subspace_match"]
 
 
 def subspace_match(X, Y, epsilon: float = 0.5, *, center: bool = False, return_match: bool = False,
-                   dead_rtol: float = DEAD_RTOL):
+                   dead_rtol: float = DEAD_RTOL, layout=None):
     """Maximum epsilon-approximate subspace match (Wang et al. 2018, Algorithm 1).
 
     Each channel is a neuron whose activation vector runs over samples (and positions).
@@ -29,10 +30,15 @@ def subspace_match(X, Y, epsilon: float = 0.5, *, center: bool = False, return_m
         distances down to about 1e-7: test exact matches with ``epsilon=1e-6``.
     return_match : bool
         Also return the indices (into the channels of X and of Y) of the matched neurons.
+    layout : None, "channels_first" or "channels_last"
+        As in :func:`g_cka`.
     """
     epsilon = check_tol(epsilon, "epsilon")
     dead_rtol = check_tol(dead_rtol, "dead_rtol")
-    X, Y = prepare(X, Y, min_samples=1, same_positions=True, measure="subspace_match")
+    # A match compares spans of neurons, which no neuron's own scale changes: each channel is
+    # stored with its own power of two (exact), as for groups with per-channel scalings.
+    X, Y, _, _ = prepare(X, Y, min_samples=1, same_positions=True, layout=layout, measure="subspace_match",
+                         inv=Invariance("monomial", "all"))
     # One Gram matrix of all activation vectors of both layers carries every projection.
     Cxy, Cxx, Cyy, sx, sy = channel_covariances(X, Y, center, dead_rtol, with_auto=True)
     cx, cy = Cxx.shape[0], Cyy.shape[0]

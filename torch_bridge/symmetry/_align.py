@@ -19,9 +19,11 @@ reading the models through the spec's public ``sites`` and ``bindings`` only:
      until a sweep changes nothing (``Block(H, Monomial)`` classes, whose permutations must
      keep blocks together, keep the canonical sorting);
    * ``method="activations"``: one assignment per monomial class on the correlation of the
-     sites' producer outputs on ``example_inputs``, kept where it beats the canonical sorting
-     strictly (classes whose producer output cannot be read, and head permutations, keep the
-     canonical sorting);
+     sites' producer outputs on ``data`` (any iterable of batches, statistics streamed batch by
+     batch: :mod:`._align_data`; default ``example_inputs``), kept where it beats the canonical
+     sorting strictly (classes whose producer output cannot be read, and head permutations,
+     keep the canonical sorting); a site the data cannot decide gets an
+     :class:`~._align_data.UnderdeterminedAlignmentWarning`;
 
 3. with :math:`g_a, h_b` the frames of the two models, :math:`g = g_a^{-1} \\pi h_b`; then
    (``refine_scales=True``; when that is no better than leaving ``model_b`` alone, also
@@ -36,6 +38,13 @@ reading the models through the spec's public ``sites`` and ``bindings`` only:
    close. A unit whose distance keeps falling towards t -> 0 or t -> oo (the
    infimum is not attained in S; e.g. batch-norm statistics favouring a vanishing unit) keeps
    its scaling.
+
+4. with ``method="weights"`` a second route runs in the models' own frames: Git Re-Basin's
+   weight matching from the identity (units weighted by their size, not normalised), where a
+   class whose site holds ``-I`` (tanh, |x|, linear units) also picks a sign per unit with
+   its permutation; it is refined the same way and the closer of the two routes is kept.
+   Both routes minimise the weight distance; neither is guaranteed to be the global optimum
+   (docs/merging.md measures what that means for loss barriers).
 
 For a planted pair (``model_b = spec.act(k, model_a)``) the frames coincide and each
 assignment problem has the identity as its unique optimum (Cauchy-Schwarz), so ``g`` undoes
@@ -52,14 +61,16 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from ._align_data import (Progress, UnderdeterminedAlignmentWarning, activation_matching, feature_distances,
+                          first_batch, split_batch, stream_site_stats, warn_underdetermined)
 from ._canonical import (_frames_pass, _law, _perm_classes, _perm_element, _permutation_pass, _site_rows,
                          get_tensor)
 from ._elements import MonomialElement
-from ._site_groups import Block, GeneralLinear, Monomial, Orthogonal
+from ._site_groups import Block, GeneralLinear, Monomial, Orthogonal, ScaledPermutation
 from ._frames import least_squares, procrustes
 from ._spec import SymmetryElement, SymmetrySpec, _as_tuple, symmetry_spec
 
-__all__ = ["align", "AlignmentReport", "weight_distance"]
+__all__ = ["align", "AlignmentReport", "weight_distance", "UnderdeterminedAlignmentWarning"]
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,26 @@ class AlignmentReport:
     ``distance_before``/``distance_after``: Euclidean distance between all floating-point
     parameters and buffers of ``model_a`` and of ``model_b`` / ``spec.act(g, model_b)``.
     ``iterations``: coordinate-descent sweeps (weights) or 1 (activations).
+
+    With data (``method="activations"``, or ``data=`` with either method):
+    ``feature_distance_before``/``feature_distance_after``: :math:`\\sqrt{\\sum_s \\mathrm{mean}_x
+    \\|a_s(x) - b_s(x)\\|^2}` over the sites whose producer output is read (``a_s``, ``b_s``: the
+    two models' pre-activations at site ``s``; the mean runs over every input and position;
+    after: of ``spec.act(g, model_b)``), computed from the streamed second moments;
+    ``site_feature_distances``: ``((site, before, after), ...)`` per site; ``samples``: inputs
+    streamed; ``underdetermined``: the sites warned about
+    (:class:`~._align_data.UnderdeterminedAlignmentWarning`). None / empty without data.
     """
 
     method: str
     distance_before: float
     distance_after: float
     iterations: int
+    feature_distance_before: float | None = None
+    feature_distance_after: float | None = None
+    site_feature_distances: tuple = ()
+    samples: int | None = None
+    underdetermined: tuple = ()
 
 
 def weight_distance(model_a: nn.Module, model_b: nn.Module) -> float:
@@ -144,37 +169,97 @@ def _class_cost(spec, fa_model, moved, sites, order):
     return cost, heads
 
 
-def _weight_matching(spec, ca, cb, init: SymmetryElement, max_iter: int, seed: int):
-    classes = [(h, ss) for h, ss in _perm_classes(spec).items()
-               if not (isinstance(ss[0].group, Block) and isinstance(ss[0].group.inner, Monomial))]
-    g = init
-    Ta = _bound(spec, ca)
-    moved = _state(spec, g, cb)
+def _descend(spec, Ta, model_b, g, classes, propose, max_iter: int, seed: int, tick=None):
+    """Coordinate descent over the permutation classes, in a random order per sweep (``seed``):
+    ``propose(g, moved, sites)`` gives a new element for one class (or None), kept only if it
+    lowers the weight distance strictly, until a sweep changes nothing. Returns (g, sweeps)."""
+    moved = _state(spec, g, model_b)
     best = _dist2(Ta, moved)
     rng = np.random.default_rng(seed)
     it = 0
     for it in range(1, max_iter + 1):
         changed = False
         for i in rng.permutation(len(classes)):
-            holder, sites = classes[i]
-            heads = isinstance(sites[0].group, Block)
-            old = _current_order(g.get(sites[0].name), sites[0], heads)
-            cost, heads = _class_cost(spec, Ta, moved, sites, old)
-            if cost is None:
+            trial = propose(g, moved, classes[i][1])
+            if trial is None:
                 continue
-            _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
-            new = torch.as_tensor(cols, dtype=torch.long)
-            if torch.equal(new, old):
-                continue
-            trial = _with(g, {s.name: _perm_element(s, new, heads=heads) for s in sites})
-            tmoved = _state(spec, trial, cb)
+            tmoved = _state(spec, trial, model_b)
             d = _dist2(Ta, tmoved)
-            # keep the current permutation unless the new one is strictly better
             if d < best * (1 - 1e-12) - 1e-30:
                 g, moved, best, changed = trial, tmoved, d, True
+        if tick is not None:
+            tick(it)
         if not changed:
             break
     return g, it
+
+
+def _weight_matching(spec, ca, cb, init: SymmetryElement, max_iter: int, seed: int, tick=None):
+    """Weight matching in the canonical frames ``ca``, ``cb``, from ``init``."""
+    classes = [(h, ss) for h, ss in _perm_classes(spec).items()
+               if not (isinstance(ss[0].group, Block) and isinstance(ss[0].group.inner, Monomial))]
+    Ta = _bound(spec, ca)
+
+    def propose(g, moved, sites):
+        heads = isinstance(sites[0].group, Block)
+        old = _current_order(g.get(sites[0].name), sites[0], heads)
+        cost, heads = _class_cost(spec, Ta, moved, sites, old)
+        if cost is None:
+            return None
+        _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
+        new = torch.as_tensor(cols, dtype=torch.long)
+        if torch.equal(new, old):
+            return None
+        return _with(g, {s.name: _perm_element(s, new, heads=heads) for s in sites})
+
+    return _descend(spec, Ta, cb, init, classes, propose, max_iter, seed, tick)
+
+
+def _sign_site(sites):
+    """The one monomial site of a permutation class whose group holds ``-I`` (its units may
+    flip sign during raw matching), or None."""
+    found = [s for s in sites if isinstance(s.group, Monomial)
+             and s.group.contains(MonomialElement(torch.arange(s.size), -torch.ones(s.size, dtype=torch.float64)))]
+    return found[0] if len(found) == 1 else None
+
+
+def _raw_class_cost(spec, Ta, cb, g, sites, sign_site):
+    """(cost, signs) for one class in the models' own frames: model a's rows against model b's
+    units with this class's element reset to the identity (the other classes as in ``g``), and,
+    when ``sign_site`` is given, against them with that site's units negated; per pair the
+    better of the two and the sign that gave it."""
+    base = _with(g, {s.name: s.group.identity() for s in sites})
+    cost = _class_cost(spec, Ta, _state(spec, base, cb), sites, torch.arange(sites[0].size))[0]
+    if cost is None or sign_site is None:
+        return cost, None
+    n = sign_site.size
+    flipped = _with(base, {sign_site.name: MonomialElement(torch.arange(n), -torch.ones(n, dtype=torch.float64))})
+    minus = _class_cost(spec, Ta, _state(spec, flipped, cb), sites, torch.arange(n))[0]
+    signs = torch.where(minus > cost, -1.0, 1.0).to(torch.float64)
+    return torch.maximum(cost, minus), signs
+
+
+def _raw_weight_matching(spec, model_a, model_b, max_iter: int, seed: int, tick=None):
+    """Git Re-Basin's weight matching in the models' own frames (no canonical frames), from the
+    identity, extended to the sign flips of the engine's groups: for a class whose site holds
+    ``-I`` (tanh, |x|, linear units) each assignment also picks a sign per unit. Units are
+    weighted by their size, as in Ainsworth et al.; the canonical route weights them equally."""
+    classes = [(h, ss) for h, ss in _perm_classes(spec).items() if all(isinstance(s.group, Monomial) for s in ss)]
+    Ta = _bound(spec, model_a)
+
+    def propose(g, _moved, sites):
+        sign_site = _sign_site(sites)
+        cost, signs = _raw_class_cost(spec, Ta, model_b, g, sites, sign_site)
+        if cost is None:
+            return None
+        _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
+        perm = torch.as_tensor(cols, dtype=torch.long)
+        els = {s.name: _perm_element(s, perm, heads=False) for s in sites}
+        if signs is not None:
+            els[sign_site.name] = MonomialElement(perm, signs[torch.arange(len(perm)), perm])
+        return _with(g, els)
+
+    return _descend(spec, Ta, model_b, spec.identity(), classes, propose, max_iter, seed, tick)
 
 
 def _current_order(el, site, heads):
@@ -184,81 +269,6 @@ def _current_order(el, site, heads):
     if heads:
         return el.head_perm.cpu()
     return el.perm.cpu()
-
-
-def _unit_dim(module, op, y):
-    if isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)) or op in ("aten.linear", "aten.addmm", "aten.mm",
-                                                                              "aten.matmul", "aten.embedding",
-                                                                              "aten.layer_norm"):
-        return y.dim() - 1
-    return 1 if y.dim() > 1 else 0
-
-
-def _producer_outputs(spec, model, inputs, kwargs=None):
-    """site name -> (units x samples) pre-activations read from the producing module's output."""
-    want = {}
-    mods = dict(model.named_modules())
-    for fqn, bounds in spec.bindings.items():
-        for b in bounds:
-            if b.site is None or b.site in want or b.variance not in ("co", "bn_gamma") or b.relation != "same":
-                continue
-            if b.chain or b.part is not None or b.module not in mods or not fqn.endswith(("weight", "bias")):
-                continue
-            want[b.site] = b
-    out, hooks = {}, []
-    for site, b in want.items():
-        m = mods[b.module]
-
-        def hook(mod, _i, y, site=site, b=b):
-            if isinstance(y, torch.Tensor):
-                d = _unit_dim(mod, b.op, y)
-                if y.shape[d] >= b.offset + b.length:
-                    z = y.detach().movedim(d, 0).narrow(0, b.offset, b.length)
-                    out[site] = z.reshape(b.length, -1).double().cpu()
-
-        hooks.append(m.register_forward_hook(hook))
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*inputs, **(kwargs or {}))
-    finally:
-        for hd in hooks:
-            hd.remove()
-        for m, t in modes:
-            m.training = t
-    return out
-
-
-def _activation_matching(spec, ca, cb, inputs, init, kwargs=None):
-    za, zb = _producer_outputs(spec, ca, inputs, kwargs), _producer_outputs(spec, cb, inputs, kwargs)
-    g = init
-    for holder, sites in _perm_classes(spec).items():
-        if not isinstance(sites[0].group, Monomial):
-            continue
-        cost = None
-        for s in sites:
-            if s.name not in za or s.name not in zb:
-                continue
-            a, b = za[s.name], zb[s.name]
-            a = a - a.mean(1, keepdim=True)
-            b = b - b.mean(1, keepdim=True)
-            a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            c = a @ b.T
-            cost = c if cost is None else cost + c
-        if cost is None:
-            continue
-        C = cost.numpy()
-        _, cols = linear_sum_assignment(C, maximize=True)
-        n = len(cols)
-        old = _current_order(g.get(sites[0].name), sites[0], False).numpy()
-        # keep the canonical sorting unless the correlation is strictly better (few samples
-        # make many assignments tie)
-        if C[np.arange(n), cols].sum() > C[np.arange(n), old].sum() * (1 + 1e-9) + 1e-9:
-            new = torch.as_tensor(cols, dtype=torch.long)
-            g = _with(g, {s.name: _perm_element(s, new, heads=False) for s in sites})
-    return g
 
 
 # Continuous refinement -------------------------------------------------------------------------
@@ -278,7 +288,10 @@ def _dense_features(spec, model, site):
 
 
 def _fit(group, Xa, Ya, Xb, Yb):
-    """The element of a dense group (O or GL) fitting b's features to a's."""
+    """The element of a dense group (O or GL) fitting b's features to a's; a group with its own
+    closed-form fit (:meth:`ComplexDiagonal.fit`) gives it."""
+    if hasattr(group, "fit"):
+        return group.fit(Xa, Ya, Xb, Yb)
     if isinstance(group, Orthogonal):
         Fa = torch.cat([f for f in (Xa, Ya) if f is not None], 1)
         Fb = torch.cat([f for f in (Xb, Yb) if f is not None], 1)
@@ -294,8 +307,8 @@ def _refine_dense(spec, model_a, moved, g):
     Ta = _bound(spec, model_a)
     for site in spec.sites:
         grp = site.group
-        dense_block = isinstance(grp, Block) and isinstance(grp.inner, (Orthogonal, GeneralLinear))
-        if not (isinstance(grp, (Orthogonal, GeneralLinear)) or dense_block):
+        dense_block = isinstance(grp, Block) and (isinstance(grp.inner, (Orthogonal, GeneralLinear)) or hasattr(grp.inner, "fit"))
+        if not (isinstance(grp, (Orthogonal, GeneralLinear)) or hasattr(grp, "fit") or dense_block):
             continue
         # the frames map b's site onto a's frame, which is arbitrary for unrelated models:
         # try keeping b's own basis (with the chosen head permutation) first
@@ -436,6 +449,8 @@ def _refine_scales(spec, model_a, moved, g, sweeps: int = 2):
             inner = grp.inner if isinstance(grp, Block) else grp
             if not isinstance(inner, Monomial) or (inner.scalings.positive == "trivial" and inner.scalings.negative is None):
                 continue
+            if isinstance(inner, ScaledPermutation):
+                continue  # one scalar for all units (chosen by the frames); per-unit scalings would leave the group
             terms = _scale_terms(spec, model_a, moved, site)
             if not terms:
                 continue
@@ -468,32 +483,52 @@ def _refined(spec, model_a, model_b, g):
     return g, weight_distance(model_a, moved)
 
 
-def align(model_a: nn.Module, model_b: nn.Module, example_inputs, method: str = "weights", *,
+#: ``example_inputs`` used as the data (one tensor) are streamed in chunks of this many inputs.
+EXAMPLE_CHUNK = 256
+
+
+def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: str = "weights", *, data=None,
           spec: SymmetrySpec | None = None, example_kwargs: dict | None = None, max_iter: int = 100, seed: int = 0,
-          refine_scales: bool = True, tol: float = 1e-8, return_report: bool = False):
+          refine_scales: bool = True, tol: float = 1e-8, progress=None, return_report: bool = False,
+          restarts: int = 1):
     """The group element ``g`` bringing ``model_b`` closest to ``model_a``.
 
     Parameters
     ----------
     model_a, model_b : nn.Module
         Two networks of the same architecture.
-    example_inputs : Tensor or tuple of Tensor
-        Tracing inputs; also the data for ``method="activations"``.
+    example_inputs : Tensor or tuple of Tensor, optional
+        Tracing inputs (not needed when ``spec`` is given and ``method="weights"``, nor when
+        ``data`` is given: the spec is then traced on its first batch); also the data for
+        ``method="activations"`` when ``data`` is absent.
     method : {"weights", "activations"}
+    data : iterable of batches, optional
+        A ``DataLoader`` or any iterable (a generator: one pass) of tensors, ``(input, target,
+        ...)`` tuples or dicts of keyword inputs, for activation matching; statistics are
+        streamed batch by batch (float64, on the models' device), the features never held.
+        With ``method="weights"`` it only gives the report its feature distances.
     spec : SymmetrySpec, optional
         Spec of the architecture (traced from ``model_a`` when absent).
     example_kwargs : dict, optional
-        Keyword inputs for the tracing and the forward passes (``attention_mask``, ...).
+        Keyword inputs for the tracing and every forward pass (``attention_mask``, ...).
     max_iter : int
         Maximum coordinate-descent sweeps for weight matching.
     seed : int
         Seed of the random order of classes in each sweep.
+    restarts : int
+        ``method="weights"``: how many orders of the classes (seeds ``seed, seed + 1, ...``) the
+        raw-frame route is run with; the closest result (weight distance) is kept. Coordinate
+        descent ends in a local optimum that depends on the order; more restarts cost time
+        linearly.
     refine_scales : bool
         After the permutations, refine the continuous part: Procrustes / least squares on the
         dense sites, per-unit scalings on the monomial sites (each kept only if it lowers the
         weight distance).
     tol : float
         Tolerance of the canonical frames (dead units, vanishing sign keys).
+    progress : None, bool or callable
+        None/False: silent; True: a tqdm bar per stage (data, frames, weight sweeps,
+        refinement) once a stage runs past 2 s; a callable gets ``(stage, done, total)``.
     return_report : bool
         Also return an :class:`AlignmentReport` with the distances before and after.
 
@@ -502,32 +537,97 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs, method: str = 
     g : SymmetryElement
         ``spec.act(g, model_b)`` is the aligned copy of ``model_b``.
     report : AlignmentReport, only with ``return_report=True``.
+
+    Warns
+    -----
+    UnderdeterminedAlignmentWarning
+        ``method="activations"``: a site whose element the data cannot determine (fewer
+        samples than units, constant or perfectly correlated units, a rank-deficient feature
+        covariance), named in the message.
     """
+    from ._align_data import _placement, _to_model
+
     if method not in ("weights", "activations"):
         raise ValueError(f"Argument 'method' must be 'weights' or 'activations', not {method!r}.")
-    inputs = _as_tuple(example_inputs)
-    if spec is None:
-        spec = symmetry_spec(model_a, inputs, example_kwargs)
-    spec.check_model(model_b)
-    ga, dead_a, inv_a, _, ca = _frames_pass(spec, model_a, tol)
-    hb, dead_b, inv_b, _, cb = _frames_pass(spec, model_b, tol)
-    pa = _permutation_pass(spec, ca, dead_a, inv_a)
-    pb = _permutation_pass(spec, cb, dead_b, inv_b)
-    init = spec.compose(spec.inverse(pa), pb)
-    if method == "weights":
-        pi, iterations = _weight_matching(spec, ca, cb, init, max_iter, seed)
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"Argument 'restarts' must be a positive integer, not {restarts!r}.")
+    if example_kwargs is not None and not isinstance(example_kwargs, dict):
+        raise TypeError(f"Argument 'example_kwargs' must be a dict or None, not {type(example_kwargs).__name__}.")
+    if isinstance(data, torch.Tensor):
+        raise TypeError("Argument 'data' must be an iterable of batches, not a tensor (iterating a tensor yields "
+                        "single samples); pass [x] for one batch, or x as 'example_inputs'.")
+    bar = Progress(progress)
+    batches = total = None
+    if data is not None:
+        try:
+            total = len(data)
+        except TypeError:  # generators, iterable datasets
+            total = None
+        first, batches = first_batch(data)
+    if example_inputs is not None:
+        inputs, trace_kwargs = _as_tuple(example_inputs), example_kwargs
+    elif data is not None:
+        device, dtype = _placement(model_a)
+        args, kw = split_batch(first)
+        inputs = tuple(_to_model(t, device, dtype) for t in args)
+        trace_kwargs = {k: _to_model(v, device, dtype) for k, v in {**(example_kwargs or {}), **kw}.items()} or None
+    elif spec is not None and method == "weights":
+        inputs, trace_kwargs = None, example_kwargs
     else:
-        pi, iterations = _activation_matching(spec, ca, cb, inputs, init, example_kwargs), 1
-    g = spec.compose(spec.inverse(ga), spec.compose(pi, hb))
-    if refine_scales:
-        g, d = _refined(spec, model_a, model_b, g)
-        # two unrelated models: the canonical frames need not be close; when the result is
-        # no better than leaving model b alone, refine from the identity and keep the better
-        if d >= weight_distance(model_a, model_b):
-            g0, d0 = _refined(spec, model_a, model_b, spec.identity())
-            if d0 < d:
-                g = g0
+        raise ValueError("align needs 'example_inputs' or 'data' (or, for method='weights', a 'spec').")
+    if spec is None:
+        spec = symmetry_spec(model_a, inputs, trace_kwargs)
+    spec.check_model(model_b)
+    if batches is None and method == "activations":
+        if len(inputs) == 1 and not example_kwargs and inputs[0].dim() > 0:
+            batches = inputs[0].split(EXAMPLE_CHUNK)  # same statistics, a fraction of the memory
+            total = len(batches)
+        else:
+            batches, total = [(inputs,)], 1
+    try:
+        stats, samples, underdetermined = None, None, ()
+        if batches is not None and (method == "activations" or return_report):
+            stats, samples = stream_site_stats(spec, model_a, model_b, batches, example_kwargs,
+                                               bar.start("data", total), total)
+            if method == "activations":
+                underdetermined = warn_underdetermined(spec, model_a, model_b, stats)
+        tick = bar.start("frames", 2)
+        ga, dead_a, inv_a, _, ca = _frames_pass(spec, model_a, tol)
+        tick(1)
+        hb, dead_b, inv_b, _, cb = _frames_pass(spec, model_b, tol)
+        tick(2)
+        pa = _permutation_pass(spec, ca, dead_a, inv_a)
+        pb = _permutation_pass(spec, cb, dead_b, inv_b)
+        init = spec.compose(spec.inverse(pa), pb)
+        if method == "weights":
+            pi, iterations = _weight_matching(spec, ca, cb, init, max_iter, seed, bar.start("weight sweeps", max_iter))
+        else:
+            pi, iterations = activation_matching(spec, stats, ga, hb, init), 1
+        g = spec.compose(spec.inverse(ga), spec.compose(pi, hb))
+        if refine_scales:
+            tick = bar.start("refinement", 2)
+            g, d = _refined(spec, model_a, model_b, g)
+            tick(1)
+            # two unrelated models: the canonical frames need not be close; when the result is
+            # no better than leaving model b alone, refine from the identity and keep the better
+            if d >= weight_distance(model_a, model_b):
+                g0, d0 = _refined(spec, model_a, model_b, spec.identity())
+                if d0 < d:
+                    g, d = g0, d0
+            if method == "weights":
+                # the raw-frame route (units weighted by size, signs chosen with the permutation)
+                # finds other optima than the canonical one: keep the closer of the two
+                for r in range(restarts):
+                    raw, _ = _raw_weight_matching(spec, model_a, model_b, max_iter, seed + r)
+                    g1, d1 = _refined(spec, model_a, model_b, raw)
+                    if d1 < d:
+                        g, d = g1, d1
+            tick(2)
+    finally:
+        bar.close()
     if not return_report:
         return g
-    report = AlignmentReport(method, weight_distance(model_a, model_b), weight_distance(model_a, spec.act(g, model_b)), iterations)
+    feats = feature_distances(stats, g) if stats else ((), None, None)
+    report = AlignmentReport(method, weight_distance(model_a, model_b), weight_distance(model_a, spec.act(g, model_b)),
+                             iterations, feats[1], feats[2], feats[0], samples, underdetermined)
     return g, report

@@ -132,7 +132,7 @@ def test_mean_ci_student_t():
     # t_{0.975, 2} = 4.302653 (tables); sd = 1; half-width = 4.302653 / sqrt(3)
     assert (m, n) == (2.0, 3)
     assert ci == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
-    assert mean_ci([5.0]) == (5.0, 0.0, 1)
+    assert mean_ci([5.0]) == (5.0, None, 1)  # one value: no interval, not a zero-width one
 
 
 # --------------------------------------------------------------------------- sites and hooks
@@ -220,7 +220,8 @@ def test_zoo_trains_once_and_reuses(tmp_path):
     spec = ModelSpec("digits_tiny", "myrtle", 2, "relu", True, 0, TrainConfig(epochs=1, batch_size=64))
     m1, r1 = get_model(spec, d, zoo_dir=tmp_path, device=torch.device("cpu"), progress=False)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == [f"{spec.key}.pt"]  # no temporary or partial file left behind
+    # no temporary, partial or lock file left behind
+    assert files == [f"{spec.key}.pt", f"{spec.key}.sha256", "training.log"]
     m2, r2 = get_model(spec, d, zoo_dir=tmp_path, device=torch.device("cpu"), progress=False)
     assert r1 == r2
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
@@ -317,3 +318,69 @@ def test_tanh_group_stitch_ends_as_a_signed_permutation(tmp_path):
     assert torch.equal(M.abs().sum(0), torch.ones(site.channels))
     assert torch.equal(M.abs().sum(1), torch.ones(site.channels))
     assert 0 <= acc <= 1 and info["steps"] > 0
+
+
+# --------------------------------------------------------------------------- device paths (testable on CPU)
+def test_resume_brings_the_generator_state_back_to_a_cpu_byte_tensor(tmp_path):
+    """``torch.load(map_location=device)`` moves the saved generator state along with the
+    weights (to the GPU on CUDA); a CPU generator accepts only a CPU ByteTensor, so the state
+    is converted back. On CPU: a state of another dtype stands in for one on another device."""
+    from torch_bridge.experiments._train import restore_generator
+
+    gen = torch.Generator().manual_seed(7)
+    torch.rand(3, generator=gen)
+    state = gen.get_state()
+    expected = torch.rand(5, generator=gen)
+    fresh = torch.Generator()
+    with pytest.raises((TypeError, RuntimeError)):
+        fresh.set_state(state.to(torch.int64))  # what a moved state does to set_state directly
+    restore_generator(fresh, state.to(torch.int64))
+    assert torch.equal(torch.rand(5, generator=fresh), expected)
+
+
+def test_streamed_layer_features_equal_the_all_layers_pass_on_the_model_device():
+    from torch_bridge.experiments._data import Normalizer
+    from torch_bridge.experiments._sweep import layer_features, site_features
+
+    d = load_dataset("digits").subsample(100, 40)
+    torch.manual_seed(0)
+    net = models.myrtle(width=3, in_channels=1).eval()
+    norm = Normalizer(d, torch.device("cpu"))
+    sites = find_sites(net, norm(torch.from_numpy(d.x_test[:2])))
+    every = site_features(net, sites, d.x_test, d.y_test, norm, batch_size=16)
+    for k, s in enumerate(sites):
+        one = layer_features(net, s, d.x_test, d.y_test, norm, batch_size=16)
+        assert one.device == norm.device and torch.equal(one, every[k])
+
+
+def test_device_strings():
+    from torch_bridge.experiments import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="cuda:N"):
+        resolve_device("cuda:x")
+    if not torch.cuda.is_available():
+        for dev in ("cuda", "cuda:0", "cuda:3"):
+            with pytest.raises(ValueError, match="no CUDA device"):
+                resolve_device(dev)
+
+
+def test_exp_activation_is_flagged(tmp_path):
+    """``--activation exp`` trains degenerate models: the results carry a warning (near chance
+    or every penalty equal) instead of a table of penalties presented as findings."""
+    from torch_bridge.experiments import run_experiment
+
+    cfg = make_config("stitch", "smoke", activation="exp", width=2, epochs=1, n_train=300, n_test=100,
+                      methods=("full",), bn_images=100, out=str(tmp_path / "o"), cache_dir=str(tmp_path / "c"),
+                      progress=False)
+    res = run_experiment(cfg, write=False)
+    assert any("near chance" in w or "every penalty is equal" in w for w in res["warnings"])
+
+
+def test_every_experiment_comes_from_the_registry():
+    from torch_bridge.experiments import _config, _registry
+
+    assert _registry.names() == _config.EXPERIMENTS
+    for name in _registry.names():
+        kind = _registry.get(name)
+        assert kind.name == name and kind.job_kind and callable(kind.plan) and callable(kind.merge)

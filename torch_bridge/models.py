@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["CatalogueActivation", "make_activation", "myrtle", "resnet20", "resnet18", "mlp", "BasicBlock", "ChannelPadShortcut",
-           "randomize_batchnorm"]
+           "randomize_batchnorm", "vit", "ViT", "ViTBlock"]
 
 
 # Activation modules ---------------------------------------------------------------------------
@@ -400,3 +400,67 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, mean_scale: float = 1.0
                 m.running_mean.copy_(torch.randn(n, generator=g) * mean_scale)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
     return model.eval()
+
+
+# A small vision transformer -------------------------------------------------------------------
+
+class ViTBlock(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))`` (hand-written
+    multi-head attention: fused qkv linear, softmax(q k^T / sqrt(d)) v, output projection)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, activation):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"Argument 'heads' ({heads}) must divide the width ({dim}).")
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_dim)
+        self.act = make_activation(activation)
+        self.fc2 = nn.Linear(mlp_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, e = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).split(e, dim=-1)
+        q, k, v = (z.reshape(b, t, h, e // h).transpose(1, 2) for z in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(e // h), dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, e))
+        return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+
+
+class ViT(nn.Module):
+    """Patch embedding (a ``patch`` x ``patch`` convolution with that stride) plus learned
+    positions, ``depth`` :class:`ViTBlock` s, a final LayerNorm, mean over tokens, linear head.
+
+    ``residual_sites``: the names of the blocks, whose outputs are the residual stream
+    between blocks (where the transformer stitching experiment stitches, appendix D.4)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, patch: int, image_size: int, in_channels: int,
+                 num_classes: int, activation, mlp_ratio: int = 2):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"Argument 'patch' ({patch}) must divide the image size ({image_size}).")
+        self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, mlp_ratio * dim, activation) for _ in range(depth)])
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.residual_sites = tuple(f"blocks.{i}" for i in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        x = self.blocks(x)
+        return self.head(self.ln(x).mean(1))
+
+
+def vit(width: int = 32, depth: int = 2, heads: int = 2, patch: int = 2, image_size: int = 8, in_channels: int = 3,
+        num_classes: int = 10, activation="gelu") -> ViT:
+    """A small vision transformer (:class:`ViT`); on 8x8 digits, 2x2 patches give 16 tokens.
+
+    >>> vit(width=16, in_channels=1)(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
+    """
+    return ViT(int(width), depth, heads, patch, image_size, in_channels, num_classes, activation)

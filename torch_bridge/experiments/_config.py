@@ -15,9 +15,16 @@ import numpy as np
 
 from ._train import TrainConfig
 
-__all__ = ["ExperimentConfig", "PRESETS", "make_config", "write_results", "mean_ci", "summarize"]
+__all__ = ["ExperimentConfig", "PRESETS", "make_config", "write_results", "mean_ci", "summarize", "jsonable",
+           "NOT_IN_JOB_KEYS"]
 
-EXPERIMENTS = ("sanity", "stitch", "similarity")
+EXPERIMENTS = ("sanity", "stitch", "similarity", "leaky_sweep", "l1_sparsity", "alpha_cv",
+               "transformer_stitch")  # the registry (_registry.py) is the source; checked in tests
+
+#: Configuration fields that do not change any job's result (where and how a run happens, how
+#: many jobs it has), so job keys leave them out; ``data_dir`` is replaced by the data's content hash.
+NOT_IN_JOB_KEYS = ("experiment", "preset", "out", "progress", "threads", "cache_dir", "data_dir", "device",
+                   "models", "pairs", "repeats", "methods", "transforms", "near_chance")
 
 
 @dataclass(frozen=True)
@@ -64,29 +71,85 @@ class ExperimentConfig:
     measures: tuple = ("g_procrustes", "orthogonal_procrustes", "g_cka", "linear_cka")
     progress: bool = True
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    #: a model whose test accuracy is below ``near_chance`` times chance (1 / classes) is
+    #: reported as near chance (a warning in the output and in results.json)
+    near_chance: float = 2.0
+    # Fields added with the experiments of appendix D (see _ADDED_FIELDS: at their default
+    # they are left out of job keys, so the keys of earlier runs stay valid).
+    #: activation site names to use (None: every site); stitch, similarity and the D experiments
+    layers: tuple | None = None
+    #: leaky_sweep: LeakyReLU negative slopes (table 3 and -1, whose group has sign flips)
+    slopes: tuple = (-1.0, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 0.9, 1.0)
+    #: l1_sparsity: the l1 multipliers lambda of appendix D.6, and the threshold tau of eq. D.1
+    l1_strengths: tuple = (1e-3, 1e-2, 1e-1)
+    sparsity_threshold: float = 1e-3
+    #: alpha_cv: the alphas of appendix D.5, the held-out fraction of the training set and the epochs
+    cv_alphas: tuple = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    cv_fraction: float = 0.2
+    cv_epochs: int = 5
+    #: softsort stitching (appendix D.2.2): the temperature (None: 1 / channels, as in the paper)
+    softsort_tau: float | None = None
 
     def __post_init__(self):
-        if self.experiment not in EXPERIMENTS:
-            raise ValueError(f"Argument 'experiment' must be one of {EXPERIMENTS}, not {self.experiment!r}.")
+        from . import _registry
+        from ._activation import parse_activation
+
+        parse_activation(self.activation)  # the form only; the CLI checks the name against the catalogue
+        if self.experiment not in _registry.names():
+            raise ValueError(f"Argument 'experiment' must be one of {_registry.names()}, not {self.experiment!r}.")
+        if self.data_dir is not None and self.dataset == "digits":
+            raise ValueError("Argument 'data_dir' is given but the dataset is 'digits' (embedded); "
+                             "--data-dir implies --dataset cifar10, so drop one of them.")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"Argument 'threads' must be a positive integer, not {self.threads!r}.")
         for name in ("width", "models", "repeats", "pairs", "finetune_epochs", "stitch_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Argument '{name}' must be a positive integer, not {getattr(self, name)!r}.")
+        if self.arch == "vit" and self.experiment not in ("stitch", "transformer_stitch"):
+            raise ValueError(f"Argument 'arch' is 'vit', whose sites are the residual stream after each block; only "
+                             f"stitch and transformer_stitch handle them, not {self.experiment!r}.")
         if self.models < 2 and self.experiment != "sanity":
             raise ValueError(f"Argument 'models' must be at least 2 for pairs of models, not {self.models!r}.")
         for m in self.methods:
-            if m not in ("full", "group") and not (m.startswith("rank") and m[4:].isdigit()):
-                raise ValueError(f"Argument 'methods' holds {m!r}; expected 'full', 'group' or 'rankR'.")
+            if m not in ("full", "group", "softsort") and not (m.startswith("rank") and m[4:].isdigit()):
+                raise ValueError(f"Argument 'methods' holds {m!r}; expected 'full', 'group', 'softsort' or 'rankR'.")
+        for name in ("slopes", "l1_strengths", "cv_alphas"):
+            vals = getattr(self, name)
+            if not vals or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+                raise ValueError(f"Argument '{name}' must be a non-empty tuple of finite numbers, not {vals!r}.")
+        if any(v < 0 for v in self.l1_strengths) or any(v <= 0 for v in self.cv_alphas):
+            raise ValueError(f"Arguments 'l1_strengths' must be >= 0 and 'cv_alphas' > 0, not "
+                             f"{self.l1_strengths!r} and {self.cv_alphas!r}.")
+        if not 0 < self.cv_fraction < 1:
+            raise ValueError(f"Argument 'cv_fraction' must be in (0, 1), not {self.cv_fraction!r}.")
+        if int(self.cv_epochs) < 1:
+            raise ValueError(f"Argument 'cv_epochs' must be a positive integer, not {self.cv_epochs!r}.")
+        if self.softsort_tau is not None and not self.softsort_tau > 0:
+            raise ValueError(f"Argument 'softsort_tau' must be positive, not {self.softsort_tau!r}.")
+        if self.layers is not None and (not self.layers or not all(isinstance(l, str) for l in self.layers)):
+            raise ValueError(f"Argument 'layers' must be a non-empty tuple of site names, not {self.layers!r}.")
         for t in self.transforms:
             if t not in ("group", "orthogonal", "identity"):
                 raise ValueError(f"Argument 'transforms' holds {t!r}; expected 'group', 'orthogonal' or 'identity'.")
+        _registry.get(self.experiment).validate(self)
+
+    def job_basis(self) -> dict:
+        """The fields every job key hashes (see :data:`NOT_IN_JOB_KEYS`; fields of
+        :data:`_ADDED_FIELDS` only where they differ from their default)."""
+        return {k: v for k, v in self.to_json().items()
+                if k not in NOT_IN_JOB_KEYS and not (k in _ADDED_FIELDS and v == _ADDED_FIELDS[k])}
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["train"] = self.train.to_json()
         return d
 
+
+#: Fields added after job keys were first written, with their defaults: left out of the basis at
+#: the default so that finished jobs of earlier runs keep their keys (and are not recomputed).
+_ADDED_FIELDS = {f: ExperimentConfig.__dataclass_fields__[f].default
+                 for f in ("layers", "slopes", "l1_strengths", "sparsity_threshold", "cv_alphas", "cv_fraction",
+                           "cv_epochs", "softsort_tau")}
 
 _PRESETS = {
     # Seconds to a couple of minutes on CPU, for tests.
@@ -116,8 +179,14 @@ def make_config(experiment: str, preset: str = "smoke", **overrides) -> Experime
         raise ValueError(f"Argument 'preset' must be one of {PRESETS}, not {preset!r}.")
     values = dict(_PRESETS[preset])
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("data_dir") is not None and "dataset" not in overrides:
+        overrides["dataset"] = "cifar10"  # --data-dir implies --dataset cifar10 (documented in the CLI help)
     dataset = overrides.get("dataset", values.get("dataset", "digits"))
-    if preset == "smoke" and dataset == "cifar10":
+    from . import _registry
+
+    if experiment in _registry.names():  # the experiment's own preset values (e.g. its architecture)
+        values.update(_registry.get(experiment).presets.get(preset, {}))
+    if preset == "smoke" and dataset == "cifar10":  # after the experiment's: CIFAR smoke stays tiny
         values.update(_SMOKE_CIFAR)
     train = dict(values.pop("train", {}))
     epochs = overrides.pop("epochs", None)
@@ -126,17 +195,23 @@ def make_config(experiment: str, preset: str = "smoke", **overrides) -> Experime
     if "train" in overrides:
         train.update(overrides.pop("train"))
     values.update(overrides)
+    if preset == "paper" and "width" not in overrides and values.get("arch") == "resnet20":
+        values["width"] = 16  # the paper's ResNet20 has 16, 32, 64 channels (the common 64 is Myrtle's)
+    for name in ("layers", "slopes", "l1_strengths", "cv_alphas", "methods", "transforms", "measures"):
+        if isinstance(values.get(name), list):
+            values[name] = tuple(values[name])
     values["train"] = TrainConfig(**train)
     return ExperimentConfig(experiment=experiment, preset=preset, **values)
 
 
-def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
-    """Mean and half-width of a Student-t confidence interval (0 for a single value)."""
+def mean_ci(values, level: float = 0.95) -> tuple[float, float | None, int]:
+    """Mean and half-width of a Student-t confidence interval (``None`` for a single value:
+    one value has no interval, and 0 would claim a certainty there is not)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if len(v) == 0:
-        return float("nan"), float("nan"), 0
+        return float("nan"), None, 0
     if len(v) == 1:
-        return float(v[0]), 0.0, 1
+        return float(v[0]), None, 1
     from scipy import stats
 
     half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
@@ -155,23 +230,35 @@ def summarize(rows: list[dict], keys: tuple, value: str) -> list[dict]:
     return out
 
 
-def _jsonable(o):
+def jsonable(o):
+    """``o`` with numpy scalars/arrays as Python values and non-finite floats as ``None``."""
     if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
+        return {str(k): jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
+        return [jsonable(v) for v in o]
     if isinstance(o, (np.floating, float)):
         f = float(o)
         return f if math.isfinite(f) else None
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
+        return jsonable(o.tolist())
     return o
 
 
+_jsonable = jsonable
+
+
 def write_results(out_dir: str | os.PathLike, results: dict) -> Path:
-    """Write ``results.json`` and ``results.csv`` (the rows) atomically into ``out_dir``."""
+    """Write ``results.json`` and ``results.csv`` (the rows) atomically into ``out_dir``.
+
+    The CSV header states the unit of every column that has one (``results["units"]``), e.g.
+    ``penalty [accuracy points]``.
+    """
+    import io
+
+    from ._locks import atomic_write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -179,18 +266,17 @@ def write_results(out_dir: str | os.PathLike, results: dict) -> Path:
     results = dict(results, versions={"python": platform.python_version(), "torch": torch.__version__,
                                       "numpy": np.__version__}, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     path = out / "results.json"
-    tmp = out / f".results.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(_jsonable(results), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(jsonable(results), indent=2))
     rows = results.get("rows", [])
+    units = results.get("units", {})
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    tmp = out / f".results.csv.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow(_jsonable(r))
-    os.replace(tmp, out / "results.csv")
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow([f"{c} [{units[c]}]" if c in units else c for c in cols])
+    for r in rows:
+        r = jsonable(r)
+        w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+    atomic_write_text(out / "results.csv", buf.getvalue())
     return path

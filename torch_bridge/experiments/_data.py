@@ -9,18 +9,22 @@ pixels, padded with the mean colour, and left-right flips).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_dataset", "default_cache_dir", "CIFAR10_CLASSES", "batches", "augment"]
+__all__ = ["Dataset", "load_dataset", "default_cache_dir", "CIFAR10_CLASSES", "batches", "augment",
+           "DataError", "CacheWarning", "file_sha256"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -28,6 +32,18 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 class DataError(ValueError):
     """The dataset could not be found or read (a user-input problem, exit code 2)."""
+
+
+class CacheWarning(UserWarning):
+    """A cached file (decoded data, a zoo model) was truncated or corrupt and is rebuilt."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -61,6 +77,17 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.x_train.shape[1])
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of the images and labels actually used: the zoo and
+        every job result are keyed by it, so other data never reuses their models."""
+        h = hashlib.sha256(self.name.encode())
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()[:16]
 
     @property
     def mean(self) -> np.ndarray:
@@ -131,8 +158,13 @@ def _digits() -> Dataset:
 
 
 def _source_key(source: Path) -> str:
+    """Path, size and mtime of the source; for a folder, of every file under it too (an image
+    replaced inside an ImageFolder tree changes no folder's own size or mtime above it)."""
     st = source.stat()
     text = f"{source.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        text += "".join(f"|{p.relative_to(source)}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -140,15 +172,47 @@ def _cached_cifar(source: Path, cache: Path):
     folder = cache / "datasets" / f"cifar10-{_source_key(source)}"
     names = ("x_train", "y_train", "x_test", "y_test")
     files = [folder / f"{n}.npy" for n in names]
-    if all(f.exists() for f in files):
-        return tuple(np.load(f) for f in files)
+    sums_path = folder / "sha256.json"
+    cached = _load_verified(files, sums_path)
+    if cached is not None:
+        return cached
     arrays = _read_cifar(source)
     folder.mkdir(parents=True, exist_ok=True)
+    sums = {}
     for f, arr in zip(files, arrays):
-        tmp = f.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, f)
+        tmp = f.with_name(f".{f.stem}.tmp{os.getpid()}.npy")
+        try:
+            np.save(tmp, arr)
+            sums[f.name] = file_sha256(tmp)
+            os.replace(tmp, f)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    from ._locks import atomic_write_text
+
+    atomic_write_text(sums_path, json.dumps(sums, indent=1))  # written last: marks the cache complete
     return arrays
+
+
+def _load_verified(files, sums_path: Path):
+    """The cached arrays if every file matches its recorded SHA-256, else ``None`` (with a
+    :class:`CacheWarning` naming the bad file when a file is present but wrong)."""
+    if not all(f.exists() for f in files):
+        return None
+    try:
+        sums = json.loads(sums_path.read_text())
+    except (OSError, ValueError):
+        warnings.warn(f"Data cache {str(sums_path.parent)!r} has no valid checksum file; rebuilding it.",
+                      CacheWarning, stacklevel=3)
+        return None
+    out = []
+    for f in files:
+        if sums.get(f.name) != file_sha256(f):
+            warnings.warn(f"Data cache file {str(f)!r} is truncated or corrupt (checksum mismatch); rebuilding it.",
+                          CacheWarning, stacklevel=3)
+            return None
+        out.append(np.load(f))
+    return tuple(out)
 
 
 def _read_cifar(source: Path):
@@ -199,7 +263,9 @@ def _read_image_entries(entries, where: str):
     split_data = {"train": ([], []), "test": ([], [])}
     class_index = {c: i for i, c in enumerate(CIFAR10_CLASSES)}
     found = set()
-    for path, read in tqdm(sorted(entries, key=lambda e: e[0]), desc="decoding CIFAR-10", leave=False):
+    # disable=None: no bar when stderr is not a terminal (logs, tests, --no-progress runs)
+    for path, read in tqdm(sorted(entries, key=lambda e: e[0]), desc="decoding CIFAR-10", leave=False,
+                           disable=None):
         parts = Path(path).parts
         if len(parts) < 3 or parts[-3] not in split_data:
             continue

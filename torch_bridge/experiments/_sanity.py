@@ -11,27 +11,27 @@ is fine-tuned; the rotation penalty is the test accuracy before minus after.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._config import ExperimentConfig, summarize
-from ._setup import accuracy_summary, example_batch, rng_for, setup, zoo_models
-from ._sites import channel_map, find_sites, site_hook
+from ._setup import rng_for
+from ._sites import channel_map, site_hook
 from ._train import TrainConfig, evaluate, train_model
 
 __all__ = ["run_sanity", "random_orthogonal", "random_transform", "engine_group"]
 
 
 def engine_group(activation: str):
-    """The intertwiner group object the engine derives for ``activation``."""
+    """The intertwiner group object the engine derives for ``activation`` (a catalogue name,
+    optionally with parameter values: ``"leaky_relu(negative_slope=-1)"``)."""
     import groupcalc
 
-    return groupcalc.group(activation)
+    from ._activation import parse_activation
+
+    name, params = parse_activation(activation)
+    return groupcalc.group(name, **params)
 
 
 def random_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -52,60 +52,89 @@ def random_transform(kind: str, n: int, activation: str, rng: np.random.Generato
     raise ValueError(f"Argument 'kind' must be 'group', 'orthogonal' or 'identity', not {kind!r}.")
 
 
-def _write_partial(cfg: ExperimentConfig, rows: list) -> None:
-    """Rows finished so far, in ``out/partial_rows.json`` (a long run that is stopped keeps them)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".partial_rows.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(rows, indent=1))
-    os.replace(tmp, out / "partial_rows.json")
+def _n_base(cfg: ExperimentConfig) -> int:
+    return min(cfg.models, cfg.repeats)  # repeat r fine-tunes model r mod n_base
 
 
-def run_sanity(cfg: ExperimentConfig) -> dict:
-    """Run the sanity experiment; returns the results dictionary (rows: layer, transform, penalty)."""
-    t0 = time.time()
-    ctx = setup(cfg)
-    n_base = min(cfg.models, cfg.repeats)
-    models, records = zoo_models(ctx, n_base, batch_norm=False)
-    sites = find_sites(models[0], example_batch(ctx))
+def _plan(ctx, specs) -> tuple[list, dict]:
+    """One job per (repeat, site, transform); more repeats add jobs and keep the old ones."""
+    from ._jobs import make_job
+
+    cfg = ctx.cfg
+    sites = ctx.sites(False)
+    basis = cfg.job_basis()
+    jobs = []
+    for r in range(cfg.repeats):
+        spec = specs[r % len(specs)]
+        for site in sites:
+            for kind in cfg.transforms:
+                params = {"repeat": r, "model": spec.key, "model_seed": spec.seed, "site": site.name,
+                          "transform": kind}
+                jobs.append(make_job("sanity", f"sanity-r{r}-{site.name}-{kind}", params, basis))
+    return jobs, {"sites": [{"layer": s.name, "index": s.index, "channels": s.channels, "shape": list(s.shape)}
+                            for s in sites]}
+
+
+def _run_job(ctx, job) -> dict:
+    from ._setup import zoo_model
+
+    cfg, q = ctx.cfg, job.params
+    base, rec = zoo_model(ctx, q["model_seed"], False)
+    site, kind, r = ctx.site(q["site"], False), q["transform"], q["repeat"]
     ft_cfg = TrainConfig(**dict(cfg.train.to_json(), epochs=cfg.finetune_epochs, n_train=cfg.finetune_n_train))
-    rows = []
-    from tqdm.auto import tqdm
+    model = copy.deepcopy(base)
+    before = set(site.before)
+    tail = []
+    for name, mod in model.named_modules():
+        for p in mod.parameters(recurse=False):
+            p.requires_grad_(name not in before)
+            if name not in before:
+                tail.append(p)
+    rng = rng_for(ctx, "sanity", r, site.name, kind)
+    A = torch.as_tensor(random_transform(kind, site.channels, cfg.activation, rng),
+                        dtype=torch.float32, device=ctx.device)
+    acc_before = rec["test_acc"]
+    with site_hook(model, site, pre=lambda z, A=A: channel_map(A, z)):
+        acc_transformed = evaluate(model, ctx.data.x_test, ctx.data.y_test, ctx.normalizer)
+        info = train_model(model, ctx.data, ft_cfg, seed=1000 + r, device=ctx.device, params=tail,
+                           progress=cfg.progress, desc=f"finetune {site.name} {kind}")
+        acc_after = evaluate(model, ctx.data.x_test, ctx.data.y_test, ctx.normalizer)
+    return {"layer": site.name, "layer_index": site.index, "channels": site.channels,
+            "transform": kind, "repeat": r, "model_seed": rec["seed"], "penalty": 100.0 * (acc_before - acc_after),
+            "acc_before": 100.0 * acc_before, "acc_transformed": 100.0 * acc_transformed,
+            "acc_after": 100.0 * acc_after, "finetune_val_acc": 100.0 * info["val_acc"]}
 
-    jobs = [(r, s, t) for r in range(cfg.repeats) for s in sites for t in cfg.transforms]
-    for r, site, kind in tqdm(jobs, desc="sanity", disable=not cfg.progress):
-        base, rec = models[r % n_base], records[r % n_base]
-        model = copy.deepcopy(base)
-        before = set(site.before)
-        tail = []
-        for name, mod in model.named_modules():
-            own = list(mod.parameters(recurse=False))
-            for p in own:
-                p.requires_grad_(name not in before)
-                if name not in before:
-                    tail.append(p)
-        rng = rng_for(ctx, "sanity", r, site.name, kind)
-        A = torch.as_tensor(random_transform(kind, site.channels, cfg.activation, rng),
-                            dtype=torch.float32, device=ctx.device)
-        acc_before = rec["test_acc"]
-        with site_hook(model, site, pre=lambda z, A=A: channel_map(A, z)):
-            acc_transformed = evaluate(model, ctx.data.x_test, ctx.data.y_test, ctx.normalizer)
-            info = train_model(model, ctx.data, ft_cfg, seed=1000 + r, device=ctx.device, params=tail,
-                               progress=cfg.progress, desc=f"finetune {site.name} {kind}")
-            acc_after = evaluate(model, ctx.data.x_test, ctx.data.y_test, ctx.normalizer)
-        rows.append({"layer": site.name, "layer_index": site.index, "channels": site.channels,
-                     "transform": kind, "repeat": r, "model_seed": rec["seed"], "penalty": acc_before - acc_after,
-                     "acc_before": acc_before, "acc_transformed": acc_transformed, "acc_after": acc_after,
-                     "finetune_val_acc": info["val_acc"]})
-        _write_partial(cfg, rows)
-    (Path(cfg.out) / "partial_rows.json").unlink(missing_ok=True)  # results.json holds them now
+
+def _merge(cfg: ExperimentConfig, info: dict, records: list, results: list) -> dict:
+    from ._setup import accuracy_summary, records_in_points
+
+    rows = list(results)
     return {
         "experiment": "sanity",
         "config": cfg.to_json(),
-        "sites": [{"layer": s.name, "index": s.index, "channels": s.channels, "shape": list(s.shape)} for s in sites],
-        "models": records,
+        "sites": info["sites"],
+        "models": records_in_points(records),
         "accuracy": accuracy_summary(records),
+        "units": {k: "accuracy points" for k in ("penalty", "acc_before", "acc_transformed", "acc_after",
+                                                 "finetune_val_acc")},
         "rows": rows,
         "summary": summarize(rows, ("layer", "transform"), "penalty"),
-        "elapsed_s": time.time() - t0,
     }
+
+
+def run_sanity(cfg: ExperimentConfig) -> dict:
+    """Run the sanity experiment in this process; returns the results dictionary (rows: layer,
+    transform, penalty in accuracy points). Same as ``run_experiment(cfg, write=False)``."""
+    from ._run import run_experiment
+
+    return run_experiment(cfg, write=False)
+
+
+def _register():
+    from ._registry import ExperimentKind
+
+    return ExperimentKind("sanity", batch_norm=False, n_models=_n_base, plan=_plan, job_kind="sanity",
+                          run=_run_job, merge=_merge, summary_key="transform")
+
+
+SANITY = _register()

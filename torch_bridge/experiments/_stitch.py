@@ -14,6 +14,10 @@ flat features) that is
   at the identity for a head start, and at evaluation P is rounded to a permutation by the
   Hungarian algorithm (and lambda to the nearest element of phi(S) where that set is discrete).
   For a general-linear group (a linear activation) the group stitch is the full stitch.
+* ``softsort``: P D with P relaxed by SoftSort (appendix D.2.2, [PE20]):
+  P = softmax_rows(-|sort(s) 1^T - 1 s^T| / tau), tau = 1 / C unless configured; D = diag(e^lambda)
+  where phi(S) is (0, oo), otherwise lambda in the interval of phi(S) as for ``group``. At
+  evaluation P is the hard permutation (arg max over rows, i.e. the argsort of s).
 
 Before testing, the batch-norm statistics of f~'s layers after l are re-estimated on training
 data with the final phi. The stitching penalty (eq. 4.3) is
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,10 +36,10 @@ from torch import nn
 
 from ._config import ExperimentConfig, summarize
 from ._data import batches
-from ._setup import accuracy_summary, example_batch, rng_for, setup, zoo_models
-from ._sites import Site, capture_site, channel_map, find_sites, modules_after, site_hook
+from ._setup import rng_for
+from ._sites import Site, capture_site, channel_map, modules_after, site_hook
 
-__all__ = ["run_stitch", "StitchConstraint", "stitch_constraint", "sinkhorn", "Stitch"]
+__all__ = ["run_stitch", "StitchConstraint", "stitch_constraint", "sinkhorn", "Stitch", "sparsity", "train_stitch"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class StitchConstraint:
     hi: float = math.inf
     values: tuple | None = None
     description: str = ""
+    shared: bool = False  # one scalar for all channels: {c P} (the residual stream of a transformer)
 
     @property
     def trainable(self) -> bool:
@@ -90,6 +94,17 @@ def stitch_constraint(activation: str, max_power: int = 8) -> StitchConstraint:
     return StitchConstraint("monomial", min(values), max(values), values, desc)
 
 
+def group_constraint(ctx) -> StitchConstraint:
+    """The ``group`` stitch's constraint at the sites of ``ctx``: the engine's group of the
+    activation, or for a transformer (whose sites are the residual stream) the group the
+    torch bridge derives for the residual stream (:mod:`._transformer`)."""
+    if ctx.cfg.arch == "vit":
+        from ._transformer import residual_constraint
+
+        return residual_constraint(ctx)
+    return stitch_constraint(ctx.cfg.activation)
+
+
 def sinkhorn(P: torch.Tensor, iters: int, eps: float = 1e-12) -> torch.Tensor:
     """``iters`` Sinkhorn iterations: normalise columns, then rows (appendix D.2.1)."""
     for _ in range(iters):
@@ -102,16 +117,16 @@ class Stitch(nn.Module):
     """A bias-free channel map of one of the stitching families."""
 
     def __init__(self, method: str, channels: int, constraint: StitchConstraint | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, tau: float | None = None, axis: int = 1):
         super().__init__()
-        self.method, self.channels = method, channels
+        self.method, self.channels, self.axis = method, channels, axis
         c = channels
         bound = 1.0 / math.sqrt(c)
 
         def uniform(*shape, b):
             return nn.Parameter((torch.rand(*shape, generator=generator) * 2 - 1) * b)
 
-        if method == "group" and constraint is not None and constraint.kind == "full":
+        if method in ("group", "softsort") and constraint is not None and constraint.kind == "full":
             method = "full"
         self.kind = method
         if method == "full":
@@ -128,20 +143,43 @@ class Stitch(nn.Module):
             self.constraint = constraint
             noise = torch.rand(c, c, generator=generator) * 0.1
             self.P = nn.Parameter(sinkhorn(torch.full((c, c), 1.0 / c) * (1 + noise), 16))
-            self.lam = nn.Parameter(torch.ones(c), requires_grad=constraint.trainable)
+            # one scalar for every channel where the group is {c P} (a layer norm's input)
+            self.lam = nn.Parameter(torch.ones(1 if constraint.shared else c), requires_grad=constraint.trainable)
+            self.rounded = False
+        elif method == "softsort":
+            if constraint is None or constraint.kind != "monomial":
+                raise ValueError("Argument 'constraint' must be a monomial StitchConstraint for a softsort stitch.")
+            self.constraint = constraint
+            self.tau = float(tau) if tau is not None else 1.0 / c
+            self.s = nn.Parameter(torch.randn(c, generator=generator))
+            # D = diag(exp(lambda)) where phi(S) = (0, oo) (appendix D.2.2); else lambda itself, clamped
+            self.log_scale = constraint.lo == 0.0 and constraint.hi == math.inf
+            n = 1 if constraint.shared else c
+            self.lam = nn.Parameter(torch.zeros(n) if self.log_scale else torch.ones(n),
+                                    requires_grad=constraint.trainable)
             self.rounded = False
         else:
-            raise ValueError(f"Argument 'method' must be 'full', 'rankR' or 'group', not {method!r}.")
+            raise ValueError(f"Argument 'method' must be 'full', 'rankR', 'group' or 'softsort', not {method!r}.")
 
     def matrix(self) -> torch.Tensor:
         if self.kind == "full":
             return self.weight
         if self.kind.startswith("rank"):
             return self.up @ self.down
+        if self.kind == "softsort":
+            d = self.lam.exp() if self.log_scale else self.lam
+            return self.softsort_p() * d[None, :]
         return self.P * self.lam[None, :]
 
+    def softsort_p(self) -> torch.Tensor:
+        """SoftSort(s, tau) (rows: sort(s) descending), or its hard permutation once rounded."""
+        srt = torch.sort(self.s, descending=True).values
+        if self.rounded:
+            return torch.nn.functional.one_hot(torch.argsort(self.s, descending=True), self.channels).to(self.s.dtype)
+        return torch.softmax(-(srt[:, None] - self.s[None, :]).abs() / self.tau, dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_map(self.matrix().to(x.dtype), x)
+        return channel_map(self.matrix().to(x.dtype), x, self.axis)
 
     def regulariser(self) -> torch.Tensor:
         if self.kind == "group" and not self.rounded:
@@ -150,7 +188,11 @@ class Stitch(nn.Module):
 
     @torch.no_grad()
     def project(self, iters: int) -> None:
-        """The projection step after each SGD step (group stitches only)."""
+        """The projection step after each SGD step (group and softsort stitches)."""
+        if self.kind == "softsort":
+            if not self.log_scale:
+                self.lam.clamp_(self.constraint.lo, self.constraint.hi)
+            return
         if self.kind != "group":
             return
         self.P.copy_(sinkhorn(self.P.clamp(min=0), iters))
@@ -158,7 +200,14 @@ class Stitch(nn.Module):
 
     @torch.no_grad()
     def round(self) -> None:
-        """Hungarian rounding of P to a permutation; lambda to the nearest value of phi(S)."""
+        """Hungarian rounding of P to a permutation; lambda to the nearest value of phi(S)
+        (softsort: P becomes the arg max permutation of its rows)."""
+        if self.kind == "softsort":
+            if not self.log_scale and self.constraint.values is not None:
+                vals = torch.as_tensor(self.constraint.values, dtype=self.lam.dtype, device=self.lam.device)
+                self.lam.copy_(vals[(self.lam[:, None] - vals[None, :]).abs().argmin(1)])
+            self.rounded = True
+            return
         if self.kind != "group":
             return
         from scipy.optimize import linear_sum_assignment
@@ -174,23 +223,43 @@ class Stitch(nn.Module):
 
 
 class _Stitched:
-    """f~_{>l} ∘ stitch ∘ f_{<=l} as a callable; hooks stay attached inside ``with``."""
+    """f~_{>l} ∘ stitch ∘ f_{<=l} as a callable; hooks stay attached inside ``with``.
+
+    At a site inside a residual block every layer up to the site is f's, the shortcut of that
+    block included (eq. E.54 of the paper): f~'s block receives f's block input, so its
+    shortcut carries f's residual stream, not f~'s own."""
 
     def __init__(self, front: nn.Module, back: nn.Module, site: Site, stitch: Stitch):
         self.front, self.back, self.site, self.stitch = front, back, site, stitch
         self.box = {}
+        self._handle = None
 
     def __enter__(self):
         self._cm = site_hook(self.back, self.site, post=lambda out: self.stitch(self.box.pop("h")))
         self._cm.__enter__()
+        if self.site.residual_block is not None:
+            block = dict(self.back.named_modules())[self.site.residual_block]
+            self._handle = block.register_forward_pre_hook(
+                lambda m, args: (self.box.pop("skip"),) + tuple(args[1:]))
         return self
 
     def __exit__(self, *exc):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
         return self._cm.__exit__(*exc)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            self.box["h"] = capture_site(self.front, self.site, x)
+            if self.site.residual_block is None:
+                self.box["h"] = capture_site(self.front, self.site, x)
+            else:
+                block = dict(self.front.named_modules())[self.site.residual_block]
+                handle = block.register_forward_pre_hook(lambda m, args: self.box.__setitem__("skip", args[0]))
+                try:
+                    self.box["h"] = capture_site(self.front, self.site, x)
+                finally:
+                    handle.remove()
         return self.back(x)
 
 
@@ -218,44 +287,75 @@ def _reestimate_bn(stitched: _Stitched, norms, ctx, n_images) -> None:
 
 
 @torch.no_grad()
-def _accuracy(stitched: _Stitched, ctx) -> float:
+def _accuracy(stitched: _Stitched, ctx, x=None, y=None) -> float:
+    """Accuracy of ``stitched`` on ``(x, y)`` (default: the test set), as a fraction."""
+    if x is None:
+        x, y = ctx.data.x_test, ctx.data.y_test
     correct = 0
-    for xb, yb in batches(ctx.data.x_test, ctx.data.y_test, 500, ctx.normalizer):
+    for xb, yb in batches(x, y, 500, ctx.normalizer):
         correct += int((stitched(xb).argmax(1) == yb).sum())
-    return correct / len(ctx.data.y_test)
+    return correct / len(y)
+
+
+def sparsity(matrix: torch.Tensor, threshold: float) -> float:
+    """Eq. D.1: the fraction of entries of the C x C stitching matrix with ``|W_ij| <= threshold``.
+
+    >>> sparsity(torch.eye(4), 1e-3)  # a permutation: 1 - 1/C
+    0.75
+    """
+    return float((matrix.detach().abs() <= threshold).double().mean())
 
 
 def train_stitch(front: nn.Module, back: nn.Module, site: Site, method: str, ctx, *, seed: int,
-                 constraint: StitchConstraint | None = None) -> tuple[float, dict]:
-    """Train one stitching layer and return (test accuracy of the stitched net, info)."""
+                 constraint: StitchConstraint | None = None, l1: float = 0.0, alpha: float | None = None,
+                 head_start: float | None = None, epochs: int | None = None, train_idx=None,
+                 val_idx=None) -> tuple[float, dict]:
+    """Train one stitching layer and return (test accuracy of the stitched net, info).
+
+    The options default to the configuration: ``l1`` adds ``l1 * sum |W_ij|`` to the objective
+    (appendix D.6); ``alpha`` and ``head_start`` replace ``cfg.alpha`` and ``cfg.head_start``;
+    ``epochs`` replaces ``cfg.stitch_epochs``; ``train_idx`` restricts the training images
+    (before the ``stitch_n_train`` subsample) and ``val_idx`` adds the accuracy on those
+    training images to the info (``acc_val``, for cross-validation, appendix D.5). The info
+    also holds the final matrix's ``sparsity`` (eq. D.1, threshold ``cfg.sparsity_threshold``).
+    """
     cfg = ctx.cfg
+    alpha = cfg.alpha if alpha is None else alpha
+    head_start = cfg.head_start if head_start is None else head_start
+    epochs = cfg.stitch_epochs if epochs is None else int(epochs)
     back = copy.deepcopy(back).eval()
     front = front.eval()
     gen = torch.Generator().manual_seed(seed)
-    stitch = Stitch(method, site.channels, constraint, generator=gen).to(ctx.device)
+    stitch = Stitch(method, site.channels, constraint, generator=gen, tau=cfg.softsort_tau,
+                    axis=site.channel_axis).to(ctx.device)
     norms = _tail_norms(back, site)
     params = [p for p in stitch.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.stitch_lr, momentum=cfg.stitch_momentum)
     x, y = ctx.data.x_train, ctx.data.y_train
+    if train_idx is not None:
+        x, y = x[train_idx], y[train_idx]
     if cfg.stitch_n_train is not None and cfg.stitch_n_train < len(y):
         idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:cfg.stitch_n_train])
         x, y = x[idx], y[idx]
     steps_per_epoch = -(-len(y) // cfg.stitch_batch_size)
-    total = cfg.stitch_epochs * steps_per_epoch
-    head = int(cfg.head_start * total) if stitch.kind == "group" else 0
+    total = epochs * steps_per_epoch
+    monomial = stitch.kind in ("group", "softsort")
+    head = int(head_start * total) if monomial else 0
     loss_fn = nn.CrossEntropyLoss()
     step, last_loss = 0, float("nan")
     with _Stitched(front, back, site, stitch) as stitched:
         for m in norms:
             m.train()
-        for epoch in range(cfg.stitch_epochs):
+        for epoch in range(epochs):
             for xb, yb in batches(x, y, cfg.stitch_batch_size, ctx.normalizer, shuffle=True,
                                   augment_with=(ctx.data.shift, ctx.data.flips), generator=gen):
                 loss = loss_fn(stitched(xb), yb)
-                obj = loss + cfg.alpha * stitch.regulariser().to(loss.device) if stitch.kind == "group" else loss
+                obj = loss + alpha * stitch.regulariser().to(loss.device) if stitch.kind == "group" else loss
+                if l1:
+                    obj = obj + l1 * stitch.matrix().abs().sum()
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
-                if step < head and stitch.kind == "group" and stitch.lam.grad is not None:
+                if step < head and monomial and stitch.lam.grad is not None:
                     stitch.lam.grad = None  # the head start: D stays at the identity
                 opt.step()
                 stitch.project(cfg.sinkhorn_iters)
@@ -264,54 +364,121 @@ def train_stitch(front: nn.Module, back: nn.Module, site: Site, method: str, ctx
         for m in norms:
             m.eval()
         relaxed_acc = None
-        if stitch.kind == "group":
+        if monomial:
             relaxed_acc = _accuracy(stitched, ctx) if cfg.eval_relaxed else None
             stitch.round()
         _reestimate_bn(stitched, norms, ctx, cfg.bn_images)
         acc = _accuracy(stitched, ctx)
-    return acc, {"train_loss": last_loss, "acc_relaxed_before_rounding": relaxed_acc, "steps": step}
+        info = {"train_loss": last_loss, "acc_relaxed_before_rounding": relaxed_acc, "steps": step,
+                "sparsity": sparsity(stitch.matrix(), cfg.sparsity_threshold)}
+        if val_idx is not None:
+            info["acc_val"] = _accuracy(stitched, ctx, ctx.data.x_train[val_idx], ctx.data.y_train[val_idx])
+    return acc, info
 
 
-def run_stitch(cfg: ExperimentConfig) -> dict:
-    """Run the stitching experiment; returns the results dictionary (rows: layer, method, penalty)."""
-    t0 = time.time()
-    ctx = setup(cfg)
-    models, records = zoo_models(ctx, cfg.models, batch_norm=True)
-    sites = find_sites(models[0], example_batch(ctx))
-    constraint = stitch_constraint(cfg.activation) if "group" in cfg.methods else None
+def _max_pairs(cfg: ExperimentConfig) -> int:
+    return cfg.models * (cfg.models - 1)  # ordered pairs (front, back) of distinct models
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    if cfg.pairs > _max_pairs(cfg):
+        raise ValueError(f"Argument 'pairs' is {cfg.pairs}, but {cfg.models} models give only "
+                         f"{_max_pairs(cfg)} distinct ordered pairs; use --pairs <= {_max_pairs(cfg)} "
+                         f"or more --models.")
+
+
+def _group_info(constraint):
+    if constraint is None:
+        return None
+    return {"kind": constraint.kind, "lo": constraint.lo, "hi": constraint.hi, "values": constraint.values,
+            "shared": constraint.shared, "description": constraint.description}
+
+
+def _plan(ctx, specs) -> tuple[list, dict]:
+    """One job per (pair, site, method); pairs are distinct ordered pairs of models."""
+    from ._jobs import make_job
+
+    cfg = ctx.cfg
+    sites = ctx.sites(True)
+    constraint = group_constraint(ctx) if {"group", "softsort"} & set(cfg.methods) else None
     rng = rng_for(ctx, "pairs")
-    all_pairs = [(i, j) for i in range(len(models)) for j in range(len(models)) if i != j]
-    if cfg.pairs <= len(all_pairs):
-        chosen = [all_pairs[k] for k in rng.choice(len(all_pairs), cfg.pairs, replace=False)]
-    else:  # sampled with replacement, as in the paper's bootstrap
-        chosen = [all_pairs[k] for k in rng.choice(len(all_pairs), cfg.pairs, replace=True)]
+    n = len(specs)
+    all_pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    chosen = [all_pairs[k] for k in rng.choice(len(all_pairs), cfg.pairs, replace=False)]
     methods = [m for m in cfg.methods
-               if not (m == "group" and constraint is not None and constraint.kind == "none")]
-    rows = []
-    from tqdm.auto import tqdm
+               if not (m in ("group", "softsort") and constraint is not None and constraint.kind == "none")]
+    basis = cfg.job_basis()
+    jobs = []
+    for p, (i, j) in enumerate(chosen):
+        for site in sites:
+            for method in methods:
+                if method.startswith("rank") and int(method[4:]) > site.channels:
+                    continue
+                params = {"pair": p, "front": specs[i].key, "back": specs[j].key, "front_seed": specs[i].seed,
+                          "back_seed": specs[j].seed, "site": site.name, "method": method,
+                          "seed": int(rng_for(ctx, "stitch", p, site.name, method).integers(2 ** 31))}
+                if site.residual_block is not None:  # eq. E.54 (results before it kept back's own shortcut)
+                    params["shortcut_from"] = "front"
+                jobs.append(make_job("stitch", f"stitch-p{p}-{site.name}-{method}", params, basis))
+    info = {"sites": _sites_json(sites), "pairs": [list(c) for c in chosen], "group": _group_info(constraint)}
+    return jobs, info
 
-    jobs = [(p, s, m) for p in range(len(chosen)) for s in sites for m in methods]
-    for p, site, method in tqdm(jobs, desc="stitch", disable=not cfg.progress):
-        i, j = chosen[p]
-        if method.startswith("rank") and int(method[4:]) > site.channels:
-            continue
-        acc, info = train_stitch(models[i], models[j], site, method, ctx,
-                                 seed=int(rng_for(ctx, "stitch", p, site.name, method).integers(2 ** 31)),
-                                 constraint=constraint)
-        base = (records[i]["test_acc"] + records[j]["test_acc"]) / 2
-        rows.append({"layer": site.name, "layer_index": site.index, "channels": site.channels, "method": method,
-                     "pair": p, "front_seed": records[i]["seed"], "back_seed": records[j]["seed"],
-                     "penalty": base - acc, "acc_stitched": acc, "acc_models_mean": base, **info})
+
+def _sites_json(sites) -> list:
+    return [{"layer": s.name, "index": s.index, "channels": s.channels, "shape": list(s.shape),
+             "inside_residual": s.inside_residual} for s in sites]
+
+
+def _run_job(ctx, job) -> dict:
+    from ._setup import zoo_model
+
+    q = job.params
+    front, rf = zoo_model(ctx, q["front_seed"], True)
+    back, rb = zoo_model(ctx, q["back_seed"], True)
+    site = ctx.site(q["site"], True)
+    constraint = group_constraint(ctx) if q["method"] in ("group", "softsort") else None
+    acc, info = train_stitch(front, back, site, q["method"], ctx, seed=q["seed"], constraint=constraint)
+    base = (rf["test_acc"] + rb["test_acc"]) / 2
+    relaxed = info.pop("acc_relaxed_before_rounding")
+    return {"layer": site.name, "layer_index": site.index, "channels": site.channels,
+            "inside_residual": site.inside_residual, "method": q["method"],
+            "pair": q["pair"], "front_seed": rf["seed"], "back_seed": rb["seed"],
+            "penalty": 100.0 * (base - acc), "acc_stitched": 100.0 * acc, "acc_models_mean": 100.0 * base,
+            "acc_relaxed_before_rounding": None if relaxed is None else 100.0 * relaxed, **info}
+
+
+def _merge(cfg: ExperimentConfig, info: dict, records: list, results: list) -> dict:
+    from ._setup import accuracy_summary, records_in_points
+
+    rows = list(results)
     return {
         "experiment": "stitch",
         "config": cfg.to_json(),
-        "group": None if constraint is None else {"kind": constraint.kind, "lo": constraint.lo, "hi": constraint.hi,
-                                                  "values": constraint.values, "description": constraint.description},
-        "sites": [{"layer": s.name, "index": s.index, "channels": s.channels, "shape": list(s.shape)} for s in sites],
-        "pairs": [list(c) for c in chosen],
-        "models": records,
+        "group": info["group"],
+        "sites": info["sites"],
+        "pairs": info["pairs"],
+        "models": records_in_points(records),
         "accuracy": accuracy_summary(records),
+        "units": {k: "accuracy points" for k in ("penalty", "acc_stitched", "acc_models_mean",
+                                                 "acc_relaxed_before_rounding")},
         "rows": rows,
         "summary": summarize(rows, ("layer", "method"), "penalty"),
-        "elapsed_s": time.time() - t0,
     }
+
+
+def run_stitch(cfg: ExperimentConfig) -> dict:
+    """Run the stitching experiment in this process; returns the results dictionary (rows:
+    layer, method, penalty in accuracy points). Same as ``run_experiment(cfg, write=False)``."""
+    from ._run import run_experiment
+
+    return run_experiment(cfg, write=False)
+
+
+def _register():
+    from ._registry import ExperimentKind
+
+    return ExperimentKind("stitch", batch_norm=True, n_models=lambda cfg: cfg.models, plan=_plan,
+                          job_kind="stitch", run=_run_job, merge=_merge, validate=_validate, summary_key="method")
+
+
+STITCH = _register()

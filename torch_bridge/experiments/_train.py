@@ -18,7 +18,7 @@ from torch import nn
 
 from ._data import Dataset, Normalizer, batches
 
-__all__ = ["TrainConfig", "train_model", "evaluate", "atomic_save", "resolve_device"]
+__all__ = ["TrainConfig", "train_model", "evaluate", "atomic_save", "resolve_device", "restore_generator"]
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,22 @@ class TrainConfig:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+    (refused when that GPU does not exist)."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"Argument 'device' must be 'auto', 'cpu' or 'cuda', not {device!r}.")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("Argument 'device' is 'cuda' but no CUDA device is available.")
-    return torch.device(device)
+    text = str(device)
+    if text not in ("cpu", "cuda") and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise ValueError(f"Argument 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {device!r}.")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"Argument 'device' is {text!r} but no CUDA device is available.")
+        if ":" in text and int(text[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"Argument 'device' is {text!r} but only {torch.cuda.device_count()} CUDA "
+                             f"device(s) exist.")
+    return torch.device(text)
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -65,8 +71,38 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves no orphaned temporary file
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def restore_generator(gen: torch.Generator, state: torch.Tensor) -> None:
+    """Set a CPU generator's state from a checkpoint. ``torch.load(map_location="cuda")``
+    moves the saved state to the GPU too, and ``Generator.set_state`` accepts only a CPU
+    ``ByteTensor``; so it goes back to the CPU first."""
+    gen.set_state(state.detach().to("cpu", torch.uint8))
+
+
+def _load_checkpoint(path, device):
+    """The checkpoint at ``path``, or ``None`` when absent or unreadable (a truncated file:
+    warned about, removed, and training restarts from scratch)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is damaged
+        import warnings
+
+        from ._data import CacheWarning
+
+        warnings.warn(f"Training checkpoint {str(path)!r} is unreadable ({type(e).__name__}); "
+                      f"restarting that training.", CacheWarning, stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
 
 
 @torch.no_grad()
@@ -109,11 +145,11 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
     total = cfg.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(int(seed))
     state = {"epoch": 0, "best_acc": -1.0, "best_epoch": -1, "best_state": None}
-    if checkpoint is not None and Path(checkpoint).exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    saved = _load_checkpoint(checkpoint, device) if checkpoint is not None else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["gen"])
+        restore_generator(gen, saved["gen"])
         state = saved["state"]
     loss_fn = nn.CrossEntropyLoss()
     aug = (data.shift, data.flips) if cfg.augment else None

@@ -488,4 +488,4 @@ def test_raw_frame_route_recovers_signed_permutations_from_the_identity():
     raw, _ = _raw_weight_matching(spec, a, b, max_iter=50, seed=0)
     assert weight_distance(a, spec.act(raw, b)) < 1e-10 * weight_distance(a, b)
     with pytest.raises(ValueError, match="Argument 'restarts'"):
-        align(a, b, _x(2, d=6), spec=spec, restarts=0)
+        align(a, b, _x(2, d=6), spec=spec, restarts=-1)

@@ -489,3 +489,46 @@ def test_raw_frame_route_recovers_signed_permutations_from_the_identity():
     assert weight_distance(a, spec.act(raw, b)) < 1e-10 * weight_distance(a, b)
     with pytest.raises(ValueError, match="Argument 'restarts'"):
         align(a, b, _x(2, d=6), spec=spec, restarts=-1)
+
+
+def test_raw_frame_route_keeps_a_layer_norms_global_sign_global():
+    # a layer norm without affine: its input site holds -I only as one global sign
+    # (ScaledPermutation); the raw route must not pick a sign per unit there, which would
+    # change the function (it did: per-unit signs, outputs off by ~0.2)
+    class LNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.ln, self.l2 = nn.Linear(6, 8), nn.LayerNorm(8, elementwise_affine=False), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.l2(torch.tanh(self.ln(self.l1(x))))
+
+    nets = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        nets.append(LNNet().double())
+    a, b = nets
+    x = _x(8, d=6)
+    spec = symmetry_spec(a, x)
+    g = align(a, b, x, spec=spec, restarts=1)
+    assert all(site.group.contains(g[site.name]) for site in spec.sites)
+    with torch.no_grad():
+        assert torch.allclose(spec.act(g, b)(x), b(x), atol=1e-10)
+
+
+def test_unbatched_convolution_inputs_are_read_per_channel():
+    # an unbatched input (C, *spatial) has its channels on dim 0: the same varying inputs as
+    # the batch of one (1, C, *spatial); channel 1 is constant, and on a 1x1 map only the
+    # centre tap of a padded 3x3 kernel ever sees an input (columns channel-major, as unfold)
+    from torch_bridge.symmetry._align_data import _input_max
+
+    torch.manual_seed(0)
+    for conv, shape in ((nn.Conv2d(3, 4, 3, padding=1), (3, 5, 5)), (nn.Conv1d(3, 4, 3, padding=1), (3, 6))):
+        x = torch.randn(*shape, dtype=torch.float64)
+        x[1] = 0.7
+        batched, unbatched = _input_max(conv.double(), (x[None],)), _input_max(conv.double(), (x,))
+        assert torch.equal(unbatched, batched)
+        assert (unbatched.reshape(3, -1)[1] == 0).all() and (unbatched.reshape(3, -1)[[0, 2]] > 0).all()
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    live = _input_max(conv, (torch.randn(4, 3, 1, 1, dtype=torch.float64),)).reshape(3, 9) > 0
+    assert live[:, 4].all() and not live[:, [0, 1, 2, 3, 5, 6, 7, 8]].any()

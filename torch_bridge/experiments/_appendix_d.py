@@ -122,7 +122,7 @@ def _l1_merge(cfg, info, records, results):
 
 
 def _l1_plot(results, out, plt) -> list:
-    from ._plots import _label
+    from ._plots import _label, save_figure
 
     cfg = results["config"]
     layers = [s["layer"] for s in results["sites"]]
@@ -139,11 +139,7 @@ def _l1_plot(results, out, plt) -> list:
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"l1-regularised stitching vs sparsity (fig. 15), {cfg['arch']} w{cfg['width']} on "
                  f"{cfg['dataset']}, threshold {cfg['sparsity_threshold']:g}", fontsize=9)
-    fig.tight_layout()
-    path = out / "l1_sparsity.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out / "l1_sparsity.png")]
 
 
 # alpha cross-validation (D.5) -------------------------------------------------------------
@@ -206,7 +202,7 @@ def _cv_merge(cfg, info, records, results):
 
 
 def _cv_plot(results, out, plt) -> list:
-    from ._plots import _marked
+    from ._plots import _marked, save_figure
 
     cfg = results["config"]
     layers = [s["layer"] for s in results["sites"]]
@@ -233,11 +229,7 @@ def _cv_plot(results, out, plt) -> list:
     bx.set_ylabel("selected alpha")
     bx.set_title(f"alpha selected per pair (fig. 14), {len(results['pairs'])} pairs", fontsize=9)
     fig.suptitle(f"{cfg['arch']} w{cfg['width']} {cfg['activation']} on {cfg['dataset']}", fontsize=9)
-    fig.tight_layout()
-    path = out / "alpha_cv.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out / "alpha_cv.png")]
 
 
 def _register():

@@ -134,7 +134,7 @@ def _merge(cfg: ExperimentConfig, info: dict, records: list, results: list) -> d
 def _plot(results: dict, out, plt) -> list:
     import numpy as np
 
-    from ._plots import _marked, _residual_note
+    from ._plots import _marked, _residual_note, save_figure
 
     cfg = results["config"]
     methods = list(dict.fromkeys(r["method"] for r in results["summary"]))
@@ -160,11 +160,7 @@ def _plot(results: dict, out, plt) -> list:
     axes[0][0].set_ylabel("stitching penalty (accuracy points)")
     fig.suptitle(f"LeakyReLU slope sweep (fig. 8), {cfg['arch']} w{cfg['width']} on {cfg['dataset']}; "
                  f"group per slope from the engine", fontsize=9)
-    fig.tight_layout()
-    path = out / "leaky_sweep_penalties.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out / "leaky_sweep_penalties.png")]
 
 
 def _register():

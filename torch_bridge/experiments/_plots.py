@@ -32,6 +32,14 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def _series(summary, xkey, gkey):
     layers = list(dict.fromkeys(r[xkey] for r in summary))
     groups = list(dict.fromkeys(r[gkey] for r in summary))
@@ -118,10 +126,7 @@ def plot_results(results: dict, out_dir: str | Path) -> list[Path]:
         ax.set_ylabel("similarity")
         ax.set_title(f"Layerwise similarity of pairs of models, {title_tail}", fontsize=9)
         ax.legend(fontsize=8)
-        paths.append(out / "similarity_layers.png")
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "similarity_layers.png"))
         mats = results.get("matrices", {})
         if mats:
             fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.8), squeeze=False)
@@ -138,9 +143,7 @@ def plot_results(results: dict, out_dir: str | Path) -> list[Path]:
             paths.append(out / "cka_matrices.png")
     else:
         raise ValueError(f"Argument 'results' has an unknown experiment {exp!r}.")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[-1])
     return paths
 
 

@@ -41,7 +41,8 @@ reading the models through the spec's public ``sites`` and ``bindings`` only:
 
 4. with ``method="weights"`` a second route runs in the models' own frames: Git Re-Basin's
    weight matching from the identity (units weighted by their size, not normalised), where a
-   class whose site holds ``-I`` (tanh, |x|, linear units) also picks a sign per unit with
+   class whose site holds a sign per unit (tanh, |x|, linear units; not a layer norm's global
+   sign) also picks a sign per unit with
    its permutation; it is refined the same way and the closer of the two routes is kept.
    Both routes minimise the weight distance; neither is guaranteed to be the global optimum
    (docs/merging.md measures what that means for loss barriers).
@@ -215,11 +216,19 @@ def _weight_matching(spec, ca, cb, init: SymmetryElement, max_iter: int, seed: i
     return _descend(spec, Ta, cb, init, classes, propose, max_iter, seed, tick)
 
 
+def _flip_first(n: int) -> MonomialElement:
+    """The identity with unit 0 negated (a per-unit sign, not ``-I``)."""
+    scale = torch.ones(n, dtype=torch.float64)
+    scale[0] = -1.0
+    return MonomialElement(torch.arange(n), scale)
+
+
 def _sign_site(sites):
-    """The one monomial site of a permutation class whose group holds ``-I`` (its units may
-    flip sign during raw matching), or None."""
-    found = [s for s in sites if isinstance(s.group, Monomial)
-             and s.group.contains(MonomialElement(torch.arange(s.size), -torch.ones(s.size, dtype=torch.float64)))]
+    """The one monomial site of a permutation class whose group holds a sign *per unit* (its
+    units may flip sign one by one during raw matching), or None. A group holding ``-I`` only
+    as one global scalar (:class:`ScaledPermutation`: a layer norm's input) does not count:
+    per-unit signs there would change the function."""
+    found = [s for s in sites if isinstance(s.group, Monomial) and s.group.contains(_flip_first(s.size))]
     return found[0] if len(found) == 1 else None
 
 
@@ -631,6 +640,10 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: s
             tick(2)
     finally:
         bar.close()
+    if not spec.contains(g, tol=1e-6):
+        # never hand back a transformation outside the derived group: it would not be a symmetry
+        raise RuntimeError("align produced an element outside the spec's group (a bug in groupcalc; please report "
+                           "it with the model): refusing to return it")
     if not return_report:
         return g
     feats = feature_distances(stats, g) if stats else ((), None, None)

@@ -334,7 +334,10 @@ def _input_max(mod, inputs):
     if x is None or not _plain(mod) or x.dim() == 0:
         return None
     x = x.detach()
-    c = x.dim() - 1 if isinstance(mod, nn.Linear) else (1 if x.dim() > 1 else 0)
+    if isinstance(mod, nn.Linear):
+        c = x.dim() - 1
+    else:  # a convolution's input is (N, C, *spatial) or unbatched (C, *spatial)
+        c = 0 if x.dim() == len(mod.kernel_size) + 1 else 1
     flat = x.movedim(c, 0).reshape(x.shape[c], -1)
     spread = (flat.amax(1) - flat.amin(1)).to(torch.float64)
     if isinstance(mod, nn.Conv2d) and x.dim() in (3, 4) and mod.padding_mode == "zeros" \

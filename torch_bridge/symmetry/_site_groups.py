@@ -136,6 +136,26 @@ def _s_short(s: Scalings) -> str:
     return _SHORT.get(s) or s.describe()
 
 
+def _one_pivot_in(s: Scalings, scale: torch.Tensor, tol: float) -> bool:
+    """Whether every entry of ``scale`` equals the first (relative ``tol``) and that one value
+    lies in S: the scalar part of c P and of c I."""
+    c = scale[0]
+    if bool(((scale - c).abs() > tol * c.abs()).any()):
+        return False
+    return _s_contains(s, c.reshape(1), tol)
+
+
+def _one_scalar_dimension(s: Scalings) -> int:
+    return 1 if s.positive == "all" else 0
+
+
+def _one_scalar_components(s: Scalings):
+    """Components of {c in S}: infinitely many for a discrete S, 2 with negatives, else 1."""
+    if s.positive == "discrete":
+        return math.inf
+    return 2 if s.negative is not None else 1
+
+
 def _full_rank(M: torch.Tensor) -> bool:
     M = M.to(torch.float64)
     if not bool(torch.isfinite(M).all()):
@@ -362,6 +382,9 @@ class Monomial(Group):
         perm, scale = m
         if not self.permutations and not torch.equal(perm, torch.arange(self.n)):
             return False
+        return self._pivots_in(scale, tol)
+
+    def _pivots_in(self, scale, tol) -> bool:
         return _s_contains(self.scalings, scale, tol)
 
     @property
@@ -424,30 +447,17 @@ class ScaledPermutation(Monomial):
         c = _s_sample(self.scalings, 1, g)[0]
         return MonomialElement(perm, c.expand(self.n)).to(dtype, device)
 
-    def contains(self, element, tol=1e-8) -> bool:
-        """Monomial within ``tol``, the identity permutation unless ``permutations``, and one
-        pivot value ``c`` in S for every unit (relative ``tol``)."""
-        m = self._monomial_form(element, tol)
-        if m is None:
-            return False
-        perm, scale = m
-        if not self.permutations and not torch.equal(perm, torch.arange(self.n)):
-            return False
-        c = scale[0]
-        if bool(((scale - c).abs() > tol * c.abs()).any()):
-            return False
-        return _s_contains(self.scalings, c.reshape(1), tol)
+    def _pivots_in(self, scale, tol) -> bool:
+        # contains (Monomial's): one pivot value c in S for every unit (relative tol)
+        return _one_pivot_in(self.scalings, scale, tol)
 
     @property
     def dimension(self):
-        return 1 if self.scalings.positive == "all" else 0
+        return _one_scalar_dimension(self.scalings)
 
     @property
     def components(self):
-        s = self.scalings
-        if s.positive == "discrete":
-            return math.inf
-        return (math.factorial(self.n) if self.permutations else 1) * (2 if s.negative is not None else 1)
+        return (math.factorial(self.n) if self.permutations else 1) * _one_scalar_components(self.scalings)
 
     @property
     def diagonal_part(self):
@@ -500,20 +510,17 @@ class Scalar(Group):
         if m is None:
             return False
         perm, scale = m
-        c = scale[0]
-        if not torch.equal(perm, torch.arange(self.n)) or bool(((scale - c).abs() > tol * c.abs()).any()):
+        if not torch.equal(perm, torch.arange(self.n)):
             return False
-        return _s_contains(self.scalings, c.reshape(1), tol)
+        return _one_pivot_in(self.scalings, scale, tol)
 
     @property
     def dimension(self):
-        return 1 if self.scalings.positive == "all" else 0
+        return _one_scalar_dimension(self.scalings)
 
     @property
     def components(self):
-        if self.scalings.positive == "discrete":
-            return math.inf
-        return 2 if self.scalings.negative is not None else 1
+        return _one_scalar_components(self.scalings)
 
     @property
     def scalar_part(self):

@@ -1,8 +1,16 @@
 """Shared test configuration."""
 
+import os
 import sys
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run and machine (a CI run must not meet a new,
+# possibly pathological, random formula each time); HYPOTHESIS_PROFILE=explore draws fresh ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="module")

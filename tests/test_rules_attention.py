@@ -34,6 +34,16 @@ class Attn(nn.Module):
         B, T, _ = t.shape
         return t.view(B, T, self.H, self.E // self.H).transpose(1, 2)
 
+    def qkv_angles(self, x):
+        """(h, q, k, v, ang) of the subclasses' rotary variants: the stream, the per-head
+        projections and the angles position x frequency (frequencies 0.5^i, d/2 of them)."""
+        h = self.inp(x)
+        T = h.shape[1]
+        q, k, v = (self.heads(f(h)) for f in (self.q, self.k, self.v))
+        d = q.shape[-1]
+        ang = torch.arange(T, dtype=q.dtype)[:, None] * (0.5 ** torch.arange(d // 2, dtype=q.dtype))[None]
+        return h, q, k, v, ang
+
     def forward(self, x):
         h = self.inp(x)
         if self.fused:
@@ -151,11 +161,9 @@ class _Rotary(Attn):
         self.pairs = pairs
 
     def forward(self, x):
-        h = self.inp(x)
+        h, q, k, v, ang = self.qkv_angles(x)
         B, T, _ = h.shape
-        q, k, v = (self.heads(f(h)) for f in (self.q, self.k, self.v))
         d = q.shape[-1]
-        ang = torch.arange(T, dtype=q.dtype)[:, None] * (0.5 ** torch.arange(d // 2, dtype=q.dtype))[None]
         second = 1.7 * ang if self.pairs == "none" else ang
         if self.pairs == "input":
             ang = ang + x[..., :1].mean(0)
@@ -206,11 +214,9 @@ class _RotateEveryTwo(Attn):
         self.mixed = mixed
 
     def forward(self, x):
-        h = self.inp(x)
+        h, q, k, v, ang = self.qkv_angles(x)
         B, T, _ = h.shape
-        q, k, v = (self.heads(f(h)) for f in (self.q, self.k, self.v))
         d = q.shape[-1]
-        ang = torch.arange(T, dtype=q.dtype)[:, None] * (0.5 ** torch.arange(d // 2, dtype=q.dtype))[None]
         if self.mixed:
             cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
         else:

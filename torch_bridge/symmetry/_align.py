@@ -67,7 +67,7 @@ from ._align_data import (Progress, UnderdeterminedAlignmentWarning, activation_
 from ._canonical import (_frames_pass, _law, _perm_classes, _perm_element, _permutation_pass, _site_rows,
                          get_tensor)
 from ._elements import MonomialElement
-from ._site_groups import Block, GeneralLinear, Monomial, Orthogonal, ScaledPermutation
+from ._site_groups import Block, GeneralLinear, Monomial, Orthogonal
 from ._frames import least_squares, procrustes
 from ._spec import SymmetryElement, SymmetrySpec, _as_tuple, symmetry_spec
 
@@ -228,7 +228,8 @@ def _sign_site(sites):
     units may flip sign one by one during raw matching), or None. A group holding ``-I`` only
     as one global scalar (:class:`ScaledPermutation`: a layer norm's input) does not count:
     per-unit signs there would change the function."""
-    found = [s for s in sites if isinstance(s.group, Monomial) and s.group.contains(_flip_first(s.size))]
+    found = [s for s in sites if isinstance(s.group, Monomial) and s.group.per_unit
+             and s.group.contains(_flip_first(s.size))]
     return found[0] if len(found) == 1 else None
 
 
@@ -250,14 +251,16 @@ def _raw_class_cost(spec, Ta, cb, g, sites, sign_site):
 
 def _raw_weight_matching(spec, model_a, model_b, max_iter: int, seed: int, tick=None):
     """Git Re-Basin's weight matching in the models' own frames (no canonical frames), from the
-    identity, extended to the sign flips of the engine's groups: for a class whose site holds
-    ``-I`` (tanh, |x|, linear units) each assignment also picks a sign per unit. Units are
-    weighted by their size, as in Ainsworth et al.; the canonical route weights them equally."""
+    identity, extended to the sign flips of the engine's groups: for a class whose site holds a
+    sign per unit (tanh, |x|, linear units; :func:`_sign_site`) each assignment also picks a sign
+    per unit. Units are weighted by their size, as in Ainsworth et al.; the canonical route
+    weights them equally."""
     classes = [(h, ss) for h, ss in _perm_classes(spec).items() if all(isinstance(s.group, Monomial) for s in ss)]
+    sign_sites = {ss[0].name: _sign_site(ss) for _, ss in classes}  # fixed per class: not per sweep
     Ta = _bound(spec, model_a)
 
     def propose(g, _moved, sites):
-        sign_site = _sign_site(sites)
+        sign_site = sign_sites[sites[0].name]
         cost, signs = _raw_class_cost(spec, Ta, model_b, g, sites, sign_site)
         if cost is None:
             return None
@@ -458,7 +461,7 @@ def _refine_scales(spec, model_a, moved, g, sweeps: int = 2):
             inner = grp.inner if isinstance(grp, Block) else grp
             if not isinstance(inner, Monomial) or (inner.scalings.positive == "trivial" and inner.scalings.negative is None):
                 continue
-            if isinstance(inner, ScaledPermutation):
+            if not inner.per_unit:
                 continue  # one scalar for all units (chosen by the frames); per-unit scalings would leave the group
             terms = _scale_terms(spec, model_a, moved, site)
             if not terms:
@@ -598,6 +601,7 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: s
             total = len(batches)
         else:
             batches, total = [(inputs,)], 1
+    before = None  # model b's weight distance to model a, once computed
     try:
         stats, samples, underdetermined = None, None, ()
         if batches is not None and (method == "activations" or return_report):
@@ -647,6 +651,9 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: s
     if not return_report:
         return g
     feats = feature_distances(stats, g) if stats else ((), None, None)
-    report = AlignmentReport(method, weight_distance(model_a, model_b), weight_distance(model_a, spec.act(g, model_b)),
-                             iterations, feats[1], feats[2], feats[0], samples, underdetermined)
+    if before is None:
+        before = weight_distance(model_a, model_b)
+    # after: of spec.act(g, model_b) itself (what the caller gets), not of the refinement's working copy
+    report = AlignmentReport(method, before, weight_distance(model_a, spec.act(g, model_b)), iterations,
+                             feats[1], feats[2], feats[0], samples, underdetermined)
     return g, report

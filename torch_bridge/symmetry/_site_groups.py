@@ -359,6 +359,9 @@ class Monomial(Group):
         """The site group an activation allows on its input: its :math:`S = G_{\\sigma_1}`."""
         return cls(n, as_scalings(activation), permutations)
 
+    #: each unit takes its own scaling from S (False for :class:`ScaledPermutation`: one c for all)
+    per_unit = True
+
     def __repr__(self):
         return f"Monomial({self.n}, {_s_repr(self.scalings)}, permutations={self.permutations})"
 
@@ -435,6 +438,8 @@ class ScaledPermutation(Monomial):
     >>> G.contains(g), G.contains(MonomialElement(g.perm, torch.tensor([1.0, -1.0, 1.0]))), G.components
     (True, False, 12)
     """
+
+    per_unit = False
 
     def __repr__(self):
         return f"ScaledPermutation({self.n}, {_s_repr(self.scalings)}, permutations={self.permutations})"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import math
 import re
 from fractions import Fraction
@@ -46,6 +47,12 @@ MAX_EXPONENT = 64
 MAX_RESULT_DIGITS = 10000
 #: Most decimal digits of a number under a numeric root (sympy factors it to simplify the root).
 MAX_ROOT_DIGITS = 200
+#: Largest decimal exponent of a number in a formula other than an exact rational, every
+#: sub-term included: each lies within ``10**-MAX_MAGNITUDE`` and ``10**MAX_MAGNITUDE`` in
+#: magnitude, bounded from its structure before sympy sees it. sympy decides a sign, an
+#: integer part or an order by computing digits, and ``sign(sin(exp(10**40/3)))`` would need
+#: 10**39 digits of e (while building the formula, and again when printing it).
+MAX_MAGNITUDE = 1000
 #: Most arguments of all Max and Min calls of a formula together (sympy compares them
 #: pairwise, and a nested Max is flattened into one).
 MAX_ARGS = 32
@@ -154,6 +161,7 @@ def parse_formula(text: str, *, variable: str = "x") -> sympy.Expr:
         raise FormulaError("formula must be real: it contains the imaginary unit")
     if expr.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan):
         raise FormulaError(f"formula must be finite, but it evaluates to {expr}")
+    _check_magnitude(expr, "the formula")
     _check_exponents(expr)
     return expr
 
@@ -174,6 +182,7 @@ def parse_condition(text: str, *, variable: str = "x") -> sympy.Basic:
     cond = builder.cond(node, "the condition")
     if cond.has(sympy.I):
         raise FormulaError("condition must be real: it contains the imaginary unit")
+    _check_magnitude(cond, "the condition")
     _check_exponents(cond)
     return cond
 
@@ -293,6 +302,134 @@ def _check_exponents(e):
     for p in e.atoms(sympy.Pow):
         if p.exp.is_Rational and abs(p.exp) > MAX_EXPONENT:
             raise FormulaError(f"exponent {p.exp} is too large (at most {MAX_EXPONENT} in magnitude)")
+
+
+_LOG10_2 = math.log10(2)
+_LOG10_E = math.log10(math.e)
+#: Functions with values in [-2, 2] for real and moderate complex arguments.
+_BOUNDED = (sympy.sin, sympy.cos, sympy.tanh, sympy.erf, sympy.erfc, sympy.sign, sympy.Heaviside, sympy.atan, sympy.sech)
+
+
+def _check_magnitude(e, where):
+    """Refuse ``e`` if a number in it (not an exact rational) may lie outside 10**(+-MAX_MAGNITUDE)."""
+    bad = _too_large(e)
+    if bad is not None:
+        raise FormulaError(f"the number {_text(bad)} in {where} is too large to evaluate "
+                           f"(at most 10**{MAX_MAGNITUDE} in magnitude; exp(-a) is limited as exp(a))")
+
+
+@functools.lru_cache(maxsize=4096)
+def _too_large(e):
+    """The innermost numeric sub-term of ``e`` whose magnitude is not bounded within the limit, or None."""
+    if e.is_Rational or not e.args:
+        return None
+    for a in e.args:
+        bad = _too_large(a)
+        if bad is not None:
+            return bad
+    if isinstance(e, sympy.Expr) and e.is_number and not _log_hi(e) <= MAX_MAGNITUDE:
+        return e
+    return None
+
+
+def _rational_log(p, q):
+    """Upper bound on log10|p/q| (from bit lengths; -inf for p = 0)."""
+    if p == 0:
+        return -math.inf
+    return (abs(p).bit_length() - abs(q).bit_length() + 1) * _LOG10_2
+
+
+# The two bounds below assume every numeric argument of ``e`` is already bounded (``_too_large``
+# asks bottom-up); what the structure does not bound is evaluated, which is then cheap.
+@functools.lru_cache(maxsize=4096)
+def _log_hi(e) -> float:
+    """Upper bound on log10|e| for a number ``e`` (inf: no bound)."""
+    r = _log_hi_raw(e)
+    return math.inf if math.isnan(r) else r
+
+
+@functools.lru_cache(maxsize=4096)
+def _log_inv(e) -> float:
+    """Upper bound on log10|1/e| for a number ``e`` (inf: no bound, e.g. e may be 0)."""
+    r = _log_inv_raw(e)
+    return math.inf if math.isnan(r) else r
+
+
+def _log_hi_raw(e):
+    if e.is_Rational:
+        return _rational_log(e.p, e.q)
+    if isinstance(e, sympy.Add):
+        return max(_log_hi(a) for a in e.args) + math.log10(len(e.args))
+    if isinstance(e, sympy.Mul):
+        return _sum(_log_hi(a) for a in e.args)
+    if isinstance(e, sympy.Pow):
+        return _log_power(e.base, e.exp)
+    if isinstance(e, (sympy.exp, sympy.sinh, sympy.cosh)):
+        return _log_exp(e.args[0])
+    if isinstance(e, _BOUNDED):
+        return _LOG10_2
+    if isinstance(e, sympy.Abs):
+        return _log_hi(e.args[0])
+    if isinstance(e, (sympy.floor, sympy.ceiling)):
+        return max(_log_hi(e.args[0]), 0) + _LOG10_2
+    if isinstance(e, (sympy.Max, sympy.Min)):
+        return max(_log_hi(a) for a in e.args)
+    if isinstance(e, sympy.Piecewise):
+        return max(_log_hi(pair.expr) for pair in e.args)
+    if isinstance(e, (sympy.log, sympy.asinh)):
+        a = e.args[0]  # |ln|a|| <= ln(10) * max(log10|a|, log10|1/a|); asinh(a) <= ln(2|a| + 1)
+        return math.log10(math.log(10) * max(_log_hi(a), _log_inv(a) if isinstance(e, sympy.log) else 0, 1) + 1)
+    if isinstance(e, sympy.Mod):
+        return _log_hi(e.args[1])
+    v = _evaluated_log(e)
+    return math.inf if math.isnan(v) else v + 1
+
+
+def _log_inv_raw(e):
+    if e.is_Rational:
+        return _rational_log(e.q, e.p) if e.p else math.inf
+    if isinstance(e, sympy.Mul):
+        return _sum(_log_inv(a) for a in e.args)
+    if isinstance(e, sympy.Pow):
+        return _log_power(e.base, -e.exp)
+    if isinstance(e, sympy.exp):
+        return _log_exp(e.args[0])
+    if isinstance(e, sympy.cosh):
+        return 0.0
+    v = _evaluated_log(e)
+    return math.inf if math.isnan(v) else 1 - v
+
+
+def _sum(bounds):
+    return sum(bounds)  # nan (inf - inf) is read as "no bound" by _log_hi/_log_inv
+
+
+def _log_exp(a) -> float:
+    """Upper bound on |log10 exp(a)| (also bounds sinh and cosh)."""
+    m = _log_hi(a)
+    if m > 6:
+        return math.inf
+    return (abs(float(a)) if a.is_Rational else 10**m) * _LOG10_E
+
+
+def _log_power(b, k) -> float:
+    """Upper bound on log10|b**k|."""
+    if k.is_Rational:
+        return float(k) * _log_hi(b) if k > 0 else float(-k) * _log_inv(b)
+    m = _log_hi(k)
+    return math.inf if m > 6 else 10**m * max(_log_hi(b), _log_inv(b), 0)
+
+
+def _evaluated_log(e) -> float:
+    """log10|e| at 15 digits; -inf when it evaluates to 0, nan when it does not evaluate (its
+    arguments are bounded, so this is cheap)."""
+    try:
+        v = abs(complex(e.evalf(15)))
+    except (TypeError, ValueError, ArithmeticError):
+        return math.nan
+    if not math.isfinite(v):
+        return math.nan
+    return math.log10(v) if v > 0 else -math.inf
 
 
 class _Builder:
@@ -425,6 +562,8 @@ class _Builder:
         return self._power(left, right)
 
     def _power(self, base, exp):
+        for side in (base, exp):
+            _check_magnitude(side, "a power")
         has_x = self.symbol.free_symbols
         if base.free_symbols & has_x and exp.free_symbols & has_x:
             raise FormulaError(f"a power whose base and exponent both contain {self.variable} is not supported")
@@ -452,6 +591,8 @@ class _Builder:
     def _Compare(self, node):
         operands = [self.expr(node.left, "each side of a comparison")]
         operands += [self.expr(c, "each side of a comparison") for c in node.comparators]
+        for v in operands:
+            _check_magnitude(v, "a comparison")
         rels = [_COMPARE[type(op)](a, b) for op, a, b in zip(node.ops, operands, operands[1:])]
         return rels[0] if len(rels) == 1 else sympy.And(*rels)
 
@@ -465,7 +606,9 @@ class _Builder:
         if name == "Contains":
             if len(node.args) != 2 or not (isinstance(node.args[1], ast.Name) and node.args[1].id in _SETS):
                 raise FormulaError(f"Contains(e, set) takes an expression and one of the sets {', '.join(_SETS)}")
-            return sympy.Contains(self.expr(node.args[0], "the first argument of Contains(...)"), _SETS[node.args[1].id])
+            v = self.expr(node.args[0], "the first argument of Contains(...)")
+            _check_magnitude(v, "Contains(...)")
+            return sympy.Contains(v, _SETS[node.args[1].id])
         if name in _LOGIC:
             args = [self.cond(a, f"each argument of {name}(...)") for a in node.args]
             if name == "Not" and len(args) != 1:
@@ -480,8 +623,12 @@ class _Builder:
                 raise FormulaError("where(condition, value_if_true, value_otherwise) takes three arguments")
             cond = self.cond(node.args[0], "the first argument of where(...)")
             a, b = self.expr(node.args[1], "the second argument of where(...)"), self.expr(node.args[2], "the third argument of where(...)")
+            for v in (a, b):
+                _check_magnitude(v, "where(...)")
             return sympy.Piecewise((a, cond), (b, True))
         args = [self.expr(a, f"each argument of {name}(...)") for a in node.args]
+        for v in args:  # before sympy's constructor, which may compute the number to decide a sign
+            _check_magnitude(v, f"{name}(...)")
         if name in _RELATIONS:
             if len(args) != 2:
                 raise FormulaError(f"{name}(a, b) takes two arguments, got {len(args)}")
@@ -535,6 +682,7 @@ class _Builder:
                 raise FormulaError(f"piece {i} of Piecewise(...) must be a pair (value, condition)")
             pairs.append((self.expr(arg.elts[0], f"the value of piece {i} of Piecewise(...)"),
                           self.cond(arg.elts[1], f"the condition of piece {i} of Piecewise(...)")))
+            _check_magnitude(pairs[-1][0], "Piecewise(...)")
         if pairs[-1][1] is not sympy.true:
             raise FormulaError("the last piece of Piecewise(...) must be (value, True): the value everywhere else")
         return sympy.Piecewise(*pairs)

@@ -3,13 +3,15 @@
 On the same pairs in one run: no alignment; permutation-only weight matching (plain Git
 Re-Basin weight matching over the spec's permutation classes, written here; and groupcalc's
 weight-matching element with its scalings and signs dropped); groupcalc's full-group
-alignment (``align(method="weights")`` and ``method="activations"``); and the ``rebasin``
-package (``pip install rebasin``, the ``bench`` extra) where it installs. Each with and
+alignment (``align(method="weights")``, also with ``balance=False``, and
+``method="activations"``); and the ``rebasin`` package (``pip install rebasin``, the ``bench``
+extra) where it installs. Each with and
 without REPAIR, with the time of each alignment. Pairs: digits MLPs with ReLU, tanh and
 LeakyReLU(-1) (two seeds each), a CIFAR-10 ResNet20 (small width, a few epochs, the shared
 data; ``--cifar PATH``).
 
     python benchmarks/bench_merge.py                       # digits MLPs
+    python benchmarks/bench_merge.py --only digits --width 256 --pairs 0-1,2-3,4-5 --activations relu
     python benchmarks/bench_merge.py --cifar ../shared/datasets/cifar10-jpeg.tar.gz --only resnet20
 
 Prints one row per (pair, method) and a markdown table (``--markdown``); ``--json FILE``
@@ -222,6 +224,10 @@ def aligned_copies(a, b, stats, use_rebasin, orders=1):
     secs = (time.perf_counter() - t0) / orders
     out["groupcalc weights"] = ([spec.act(g, b) for g in gs], secs, "")
     out["groupcalc weights, signs/scalings dropped"] = ([spec.act(drop_scalings(spec, g), b) for g in gs], secs, "")
+    # the distance to model a in its own frame (before balancing was the default): for comparison
+    t0 = time.perf_counter()
+    gs = [align(a, b, (x,), method="weights", spec=spec, seed=s, balance=False) for s in range(orders)]
+    out["groupcalc weights, balance=False"] = ([spec.act(g, b) for g in gs], (time.perf_counter() - t0) / orders, "")
     moved, rep, secs = align_models(a, b, stats, "activations", spec=spec)
     out["groupcalc activations"] = ([moved], secs, "")
     if use_rebasin:
@@ -346,6 +352,9 @@ def main():
     ap.add_argument("--gpt-steps", type=int, default=600, help="training steps of each GPT-2 model")
     ap.add_argument("--width", type=int, default=64, help="hidden width of the digits MLPs")
     ap.add_argument("--epochs", type=int, default=20, help="epochs of the digits MLPs")
+    ap.add_argument("--pairs", default="0-1,2-3", help="seed pairs of the digits MLPs, e.g. 0-1,2-3,4-5")
+    ap.add_argument("--activations", default="relu,tanh,leaky_relu_-1",
+                    help="digits MLP activations: any of relu, tanh, leaky_relu_-1 (comma-separated)")
     ap.add_argument("--cifar", default=None, help="CIFAR-10 data for the ResNet20 pair")
     ap.add_argument("--resnet-width", type=int, default=8)
     ap.add_argument("--resnet-epochs", type=int, default=4)
@@ -373,8 +382,20 @@ def main():
           f"{torch.get_num_threads()} thread(s)")
     rows = []
     if args.only in (None, "digits"):
-        for act, label in (("relu", "ReLU"), ("tanh", "tanh"), (("leaky_relu", {"negative_slope": -1.0}), "LeakyReLU(-1)")):
-            for seeds in ((0, 1), (2, 3)):
+        acts = {"relu": ("relu", "ReLU"), "tanh": ("tanh", "tanh"),
+                "leaky_relu_-1": (("leaky_relu", {"negative_slope": -1.0}), "LeakyReLU(-1)")}
+        wanted = args.activations.split(",")
+        unknown = [a for a in wanted if a not in acts]
+        if unknown:
+            ap.error(f"argument --activations: unknown {unknown[0]!r}; choose from {', '.join(acts)}")
+        try:
+            pairs = [tuple(int(v) for v in p.split("-")) for p in args.pairs.split(",")]
+        except ValueError:
+            ap.error(f"argument --pairs: expected seed pairs like 0-1,2-3, not {args.pairs!r}")
+        if any(len(p) != 2 for p in pairs):
+            ap.error(f"argument --pairs: expected seed pairs like 0-1,2-3, not {args.pairs!r}")
+        for act, label in (acts[a] for a in wanted):
+            for seeds in pairs:
                 (a, b), evals, stats = digits_pair(act, seeds, args.width, args.epochs, device)
                 rows += run_pair(f"MLP {label} s{seeds[0]}-{seeds[1]}", a, b, evals, stats, args.alphas, use_rebasin, args.orders)
     if args.only in (None, "resnet20"):

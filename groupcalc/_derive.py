@@ -9,6 +9,8 @@ inequality is derived from a reference point there. Cases with the same answer a
 
 from __future__ import annotations
 
+import time
+
 import sympy
 
 import activations
@@ -130,16 +132,24 @@ def derive(activation, params: dict | None = None, *, timeout: float | None = DE
         if c2 is not sympy.true:
             domain.append(c2)
     reference = {syms[p.name]: p.default for p in free}
-    expr, notes = extend_by_continuity(expr, label)
-    _check_real(expr, reference, label)
     if work is not None and (isinstance(work, bool) or not isinstance(work, int) or work < 1):
         raise GroupCalcError(f"Argument 'work' must be a positive integer or None, not {work!r}.")
     if timeout is not None and not timeout > 0:
         raise GroupCalcError(f"Argument 'timeout' must be a positive number of seconds or None, not {timeout!r}.")
     explorer = _Explorer(free, syms, domain)
     spent = None
+    notes = ()
+    start = time.monotonic()
     try:
-        with _budget.limited(work, timeout) as spent:
+        # The wall clock covers the pre-processing too (sympy.N at a check point can run for
+        # long), but its steps are not counted: the work figure stays that of the exploration.
+        with _budget.limited(None, timeout):
+            expr, notes = extend_by_continuity(expr, label)
+            _check_real(expr, reference, label)
+        left = None if timeout is None else timeout - (time.monotonic() - start)
+        if left is not None and left <= 0:
+            raise _budget.OutOfBudget("time")
+        with _budget.limited(work, left) as spent:
             root = explorer.explore(expr, [], reference)
     except _budget.OutOfBudget as err:
         root = explorer.partial_root(expr, reference, err.reason)
@@ -148,4 +158,4 @@ def derive(activation, params: dict | None = None, *, timeout: float | None = DE
     plain = {s: sympy.Symbol(n, real=True) for n, s in syms.items()}
     cases = [_plain_symbols(c, plain) for c in explorer.cases(root)]
     return Derivation(label, act.expr, tuple(p.name for p in act.parameters if p.name not in given), tuple(cases),
-                      work=spent.used, notes=notes)
+                      work=spent.used if spent is not None else 0, notes=notes)

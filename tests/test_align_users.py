@@ -4,6 +4,7 @@ the report's distances, and the export to per-parameter maps applied to plain st
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 
@@ -169,7 +170,9 @@ def test_data_argument_errors():
 
 def test_too_few_inputs_warn_and_enough_recover_a_planted_pair():
     a, b, spec, k = _noisy_planted()
-    _, r_w = align(a, b, spec=spec, return_report=True)
+    # balance=False: the scalings minimise the distance to model a itself, as activation
+    # matching's refinement does, so equal permutations give equal distances below
+    _, r_w = align(a, b, spec=spec, return_report=True, balance=False)
     assert sum(_wrong_units(spec, align(a, b, spec=spec), k).values()) == 0  # weights decide it
     with pytest.warns(UnderdeterminedAlignmentWarning) as rec:
         g2, r2 = align(a, b, _x(2), "activations", spec=spec, return_report=True)
@@ -532,3 +535,117 @@ def test_unbatched_convolution_inputs_are_read_per_channel():
     conv = nn.Conv2d(3, 4, 3, padding=1).double()
     live = _input_max(conv, (torch.randn(4, 3, 1, 1, dtype=torch.float64),)).reshape(3, 9) > 0
     assert live[:, 4].all() and not live[:, [0, 1, 2, 3, 5, 6, 7, 8]].any()
+
+
+# Balanced frames (align's default for positive scalings) -----------------------------------
+
+def _relu_net(w1, b1, w2, b2):
+    net = nn.Sequential(nn.Linear(len(w1[0]), len(w1)), nn.ReLU(), nn.Linear(len(w1), len(w2))).double()
+    with torch.no_grad():
+        for p, v in zip(net.parameters(), (w1, b1, w2, b2)):
+            p.copy_(torch.tensor(v, dtype=torch.float64))
+    return net
+
+
+def test_balancing_gives_the_minimum_norm_representative_by_hand():
+    from torch_bridge.symmetry._align import _balanced
+
+    # unit 0: incoming (3, 0 | bias 4), norm 5, outgoing 20: t^2 = 20/5, t = 2 -> (6, 0 | 8) and 10
+    # unit 1: incoming (1, 0 | 0), norm 1, outgoing 9: t = 3 -> (3, 0 | 0) and 3
+    net = _relu_net([[3.0, 0.0], [1.0, 0.0]], [4.0, 0.0], [[20.0, 9.0]], [0.5])
+    spec = symmetry_spec(net, _x(2, d=2))
+    k, bal = _balanced(spec, net)
+    torch.testing.assert_close(k["0"].scale, torch.tensor([2.0, 3.0], dtype=torch.float64), rtol=1e-9, atol=0)
+    torch.testing.assert_close(bal[0].weight, torch.tensor([[6.0, 0.0], [3.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(bal[0].bias, torch.tensor([8.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(bal[2].weight, torch.tensor([[10.0, 3.0]], dtype=torch.float64))
+    assert torch.equal(bal[2].bias, net[2].bias)
+
+
+@pytest.mark.parametrize("activation", ["relu", ("leaky_relu", {"negative_slope": -1.0})])
+def test_balanced_units_have_equal_norms_and_the_least_total_norm(activation):
+    # two coupled hidden layers (layer 3's rows carry layer 1's scalings): every unit ends with
+    # incoming norm = outgoing norm, the function is unchanged, and no other point of the
+    # positive-scaling orbit has a smaller norm (random points around it, an independent check)
+    from torch_bridge.symmetry._align import _balanced
+
+    (net,) = _pair(sizes=(5, 7, 6, 3), activation=activation, seeds=(2,))
+    with torch.no_grad():
+        net[1].weight.mul_(torch.linspace(0.2, 5.0, 7, dtype=torch.float64)[:, None])  # far from balanced
+    x = _x(16, d=5)
+    spec = symmetry_spec(net, x[:2])
+    k, bal = _balanced(spec, net)
+    with torch.no_grad():
+        torch.testing.assert_close(bal(x), net(x), rtol=1e-10, atol=1e-12)
+    layers = [bal[1], bal[3], bal[5]]
+    for l_in, l_out in zip(layers[:-1], layers[1:]):
+        n_in = (l_in.weight**2).sum(1) + l_in.bias**2
+        n_out = (l_out.weight**2).sum(0)
+        torch.testing.assert_close(n_in, n_out, rtol=1e-8, atol=0)
+    norm = lambda m: float(sum((p.detach().double()**2).sum() for p in m.parameters()))  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        other = spec.element({s.name: MonomialElement(torch.arange(s.size),
+                                                      torch.exp(0.3 * torch.randn(s.size, generator=gen,
+                                                                                  dtype=torch.float64)))
+                              for s in spec.sites})
+        assert norm(spec.act(other, bal)) > norm(bal)
+    assert norm(bal) < norm(net)
+
+
+def test_balance_minimises_the_distance_between_balanced_representatives():
+    # one hidden unit: the permutation is trivial and the whole answer is the unit's scaling t.
+    # balance=True minimises |a' - t b'| over the balanced representatives a', b' (each unit
+    # scaled by s = sqrt(|out|/|in|)) and returns t s_b / s_a; balance=False minimises |a - t b|.
+    # Both minima from scipy on the hand-written objective, not from align's grid.
+    from scipy.optimize import minimize_scalar
+
+    wa, ba, va = np.array([1.0, 2.0]), 0.3, 0.5
+    wb, bb, vb = np.array([2.0, 1.0]), 0.5, 4.0
+    a = _relu_net([wa.tolist()], [ba], [[va]], [0.1])
+    b = _relu_net([wb.tolist()], [bb], [[vb]], [-0.2])
+    spec = symmetry_spec(a, _x(2, d=2))
+    ia, ib = np.append(wa, ba), np.append(wb, bb)
+
+    def best_t(ia, va, ib, vb):
+        f = lambda u: float(((ia - np.exp(u) * ib) ** 2).sum() + (va - vb / np.exp(u)) ** 2)  # noqa: E731
+        return float(np.exp(minimize_scalar(f, bounds=(-5, 5), method="bounded", options={"xatol": 1e-10}).x))
+
+    sa = np.sqrt(abs(va) / np.linalg.norm(ia))
+    sb = np.sqrt(abs(vb) / np.linalg.norm(ib))
+    t_bal = best_t(sa * ia, va / sa, sb * ib, vb / sb) * sb / sa
+    t_raw = best_t(ia, va, ib, vb)
+    assert abs(math.log(t_bal / t_raw)) > 0.5  # the two criteria disagree on this pair (2.75 and 1.51)
+    for balance, want in ((True, t_bal), (False, t_raw)):
+        g = align(a, b, spec=spec, balance=balance)
+        assert float(g["0"].scale[0]) == pytest.approx(want, rel=1e-3), balance
+
+
+def test_balance_changes_nothing_without_positive_scalings():
+    a, b = _pair(sizes=(6, 8, 8, 3), activation="tanh")
+    spec = symmetry_spec(a, _x(2, d=6))
+    g1, g0 = align(a, b, spec=spec), align(a, b, spec=spec, balance=False)
+    for s in spec.sites:
+        assert torch.equal(g1[s.name].perm, g0[s.name].perm)
+        assert torch.equal(g1[s.name].scale, g0[s.name].scale)
+    with pytest.raises(ValueError, match="Argument 'balance' must be True or False"):
+        align(a, b, spec=spec, balance="yes")
+
+
+def test_balancing_leaves_a_layer_norms_affine_output_alone():
+    # LayerNorm(affine) -> Linear: the layer norm's weight and bias scale by t and the next
+    # layer's columns by 1/t (a positive-scaling site), but no activation lies between them;
+    # balancing such sites raised the GPT-2 pair's barrier (docs/merging.md section 6), so only
+    # units of a positively homogeneous activation are balanced. The ReLU site still is.
+    from torch_bridge.symmetry._align import _balanced
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 2)).double()
+    with torch.no_grad():
+        net[1].weight.mul_(torch.linspace(0.2, 5.0, 6, dtype=torch.float64))  # far from balanced
+    spec = symmetry_spec(net, _x(2, d=5))
+    k, bal = _balanced(spec, net)
+    touched = {name for name, e in k.items() if not torch.equal(e.scale, torch.ones_like(e.scale))}
+    relu_site = [s.name for s in spec.sites if s.size == 7]
+    assert touched == set(relu_site)
+    torch.testing.assert_close(bal[1].weight, net[1].weight, rtol=0, atol=0)

@@ -71,14 +71,71 @@ def inline_stitch(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- submitit, local executor
-def test_two_local_workers_complete_and_equal_the_inline_run(tmp_path, inline_stitch):
+@pytest.fixture
+def by_value():
+    """Pickle this module's functions by value, so that submitit workers (other processes,
+    which cannot import the test module) can run the wrappers below."""
+    import sys
+
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
+
+
+def _wait_for(predicate, what, timeout=300.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def _worker_after_barrier(barrier, n, cfg, threads, plan):
+    """A worker whose first job waits until all ``n`` workers have started a job: every worker
+    takes part however late the executor starts it."""
+    from torch_bridge.experiments import _run as run
+
+    make = run._execute
+
+    def execute_factory(cfg):
+        execute, first = make(cfg), [True]
+
+        def execute_after_barrier(job):
+            if first[0]:
+                first[0] = False
+                (Path(barrier) / str(os.getpid())).touch()
+                _wait_for(lambda: len(list(Path(barrier).iterdir())) >= n, f"{n} workers")
+            return execute(job)
+        return execute_after_barrier
+
+    run._execute = execute_factory
+    return run.worker_main(cfg, threads, plan)
+
+
+def test_two_local_workers_complete_and_equal_the_inline_run(tmp_path, inline_stitch, monkeypatch, by_value):
     cfg = _cfg("stitch", tmp_path, models=3, pairs=2)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    real_submit = _run._submitit_executor
+
+    def submitit_executor(cfg, ex):
+        executor = real_submit(cfg, ex)
+        submit = executor.submit
+        executor.submit = lambda fn, *args: submit(_worker_after_barrier, str(barrier), 2, *args)
+        return executor
+
+    monkeypatch.setattr(_run, "_submitit_executor", submitit_executor)
     res = _run.run_experiment(cfg, executor=_run.ExecutorConfig("local", workers=2))
     _same_results(res, inline_stitch)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["rows"] == res["rows"] and on_disk["executor"] == {"executor": "local", "workers": 2}
-    # every model was trained exactly once on the shared zoo (whether both workers took jobs
-    # depends on when the second one starts on a loaded machine: not asserted)
+    # both workers took jobs (the barrier), and every model was trained exactly once on the shared zoo
+    log = (tmp_path / "out" / "jobs" / "jobs.log").read_text().splitlines()
+    workers = {ln.split()[2] for ln in log if ln.split()[3] == "done"}
+    assert workers == {p.name for p in barrier.iterdir()} and len(workers) == 2
     trained = _trainings(tmp_path / "cache" / "zoo")
     assert len(trained) == 3 and len(set(trained)) == 3
     assert sorted(_log(tmp_path / "out", "done")) == sorted(set(_log(tmp_path / "out", "done")))
@@ -146,10 +203,42 @@ def test_killing_a_worker_loses_only_its_job(tmp_path, inline_stitch):
     _same_results(res, inline_stitch)
     trained = _trainings(tmp_path / "cache" / "zoo")
     assert len(trained) == len(set(trained)) == 3
+    # no temporary file or break lock is left behind (the rerun's worker or the claim's next holder sweeps)
+    assert not [p.name for p in (*(out / "jobs").iterdir(), *(tmp_path / "cache" / "zoo").iterdir())
+                if p.name.startswith(".")]
 
 
-def test_two_processes_on_one_zoo_train_a_model_once(tmp_path, monkeypatch):
-    """Two submitit workers ask for the same model at once: one trains, the other waits and loads."""
+def _zoo_worker(role, barrier, spec, data, zoo):
+    """``get_model`` in a submitit worker. The ``trainer`` asks first and, holding the model's
+    claim, finishes only after the ``waiter`` has found the claim held inside ``get_model``
+    (and so waits on it): the lock is met whatever the processes' start times."""
+    from torch_bridge.experiments import _zoo
+
+    barrier = Path(barrier)
+    if role == "trainer":
+        train = _zoo._train
+
+        def train_then_wait(*a, **k):
+            record = train(*a, **k)
+            _wait_for(lambda: (barrier / "waiter-met-the-claim").exists(), "the waiter")
+            return record
+        _zoo._train = train_then_wait
+    else:
+        _wait_for(lambda: (Path(zoo) / f"{spec.key}.lock").exists(), "the trainer's claim")
+        claim = _zoo.try_claim
+
+        def try_claim_and_note(*a, **k):
+            c = claim(*a, **k)
+            if c is None:
+                (barrier / "waiter-met-the-claim").touch()
+            return c
+        _zoo.try_claim = try_claim_and_note
+    return _zoo.get_model(spec, data, zoo_dir=zoo, device=torch.device("cpu"), progress=False, poll_s=0.05)
+
+
+def test_two_processes_on_one_zoo_train_a_model_once(tmp_path, monkeypatch, by_value):
+    """Two submitit workers ask for the same model at once: one trains, the other finds its claim
+    held, waits and loads."""
     import submitit
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers inherit it: one torch thread each
@@ -158,9 +247,11 @@ def test_two_processes_on_one_zoo_train_a_model_once(tmp_path, monkeypatch):
     spec = ModelSpec(f"digits-{data.content_hash}", "myrtle", 2, "relu", True, 0, TrainConfig(epochs=2, batch_size=64))
     ex = submitit.LocalExecutor(folder=tmp_path / "submitit" / "%j")
     ex.update_parameters(timeout_min=10)
-    jobs = [ex.submit(get_model, spec, data, zoo_dir=tmp_path / "zoo", device=torch.device("cpu"),
-                      progress=False, poll_s=0.1) for _ in range(2)]
+    (tmp_path / "barrier").mkdir()
+    jobs = [ex.submit(_zoo_worker, role, str(tmp_path / "barrier"), spec, data, str(tmp_path / "zoo"))
+            for role in ("trainer", "waiter")]
     (m1, r1), (m2, r2) = (j.result() for j in jobs)
+    assert (tmp_path / "barrier" / "waiter-met-the-claim").exists()
     assert _trainings(tmp_path / "zoo") == [spec.key]
     assert r1 == r2
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
@@ -457,18 +548,18 @@ def test_job_store_states_and_a_damaged_result(tmp_path):
 def test_a_second_breaker_of_an_unreadable_stale_claim_keeps_the_new_owner(tmp_path):
     """Two workers judge one old, unreadable claim stale (its owner was killed between creating
     and writing it); the first breaks it and claims the job, then the second acts on its earlier
-    judgement: it must put the first worker's fresh claim back, not delete it."""
+    judgement: it must leave the first worker's fresh claim alone."""
     from torch_bridge.experiments import _locks
 
     path = tmp_path / "j.claim"
     path.write_text("")
     old = time.time() - 2 * _locks.STALE_AFTER_S
     os.utime(path, (old, old))
-    state, info = claim_state(path)
+    state, _, ident = _locks._judge(path, _locks.STALE_AFTER_S)
     assert state == "stale"  # what both workers see
     first = try_claim(path)  # worker 1 breaks the stale claim and takes the job
     assert first is not None
-    _locks._break(path, info)  # worker 2, a moment later
+    _locks._break(path, ident)  # worker 2, a moment later
     assert json.loads(path.read_text())["token"] == first.token
     assert try_claim(path) is None  # still held: nobody else may take it
     first.release()
@@ -536,3 +627,252 @@ def test_a_claim_from_another_pid_namespace_is_not_judged_by_its_pid(tmp_path):
     c = try_claim(tmp_path / "own.claim")
     assert json.loads((tmp_path / "own.claim").read_text())["pidns"] == os.readlink("/proc/self/ns/pid")
     c.release()
+
+
+# --------------------------------------------------------------------------- breaking stale claims, many contenders
+class _Interleaver:
+    """Runs worker threads one file-system operation at a time, in an order a seeded random
+    schedule picks: every ``os.open/stat/unlink/rename/replace/link`` and ``io.open`` of a
+    worker waits until the conductor hands it the turn. The interleaving depends only on the
+    seed (no timing), so a schedule that breaks the claims' invariant fails every time."""
+
+    def __init__(self, monkeypatch, seed, no_hard_links=False):
+        import io
+        import random
+
+        self.cond = threading.Condition()
+        self.rng = random.Random(seed)
+        self.names, self.waiting, self.finished, self.running, self.trace = set(), set(), set(), None, []
+        for mod, attr in [(os, "open"), (os, "stat"), (os, "unlink"), (os, "rename"), (os, "replace"),
+                          (os, "link"), (io, "open")]:
+            monkeypatch.setattr(mod, attr, self._gated(getattr(mod, attr), attr, no_hard_links))
+
+    def _gated(self, op, label, no_hard_links):
+        def gated(*args, **kw):
+            name = threading.current_thread().name
+            if name in self.names:
+                self._turn(name, f"{label} {os.path.basename(str(args[0]))}")
+                if label == "link" and no_hard_links:
+                    raise OSError(1, "Operation not permitted (no hard links here)")
+            return op(*args, **kw)
+        return gated
+
+    def _turn(self, name, what):
+        with self.cond:
+            self.running = None
+            self.waiting.add(name)
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.running == name)
+            self.waiting.discard(name)
+            self.trace.append(f"{name}: {what}")
+
+    def run(self, workers: dict) -> dict:
+        out = {}
+
+        def body(name, fn):
+            try:
+                self._turn(name, "start")
+                out[name] = fn()
+            except BaseException as e:  # noqa: BLE001 - reported by the test
+                out[name] = e
+            finally:
+                with self.cond:
+                    self.finished.add(name)
+                    self.running = None
+                    self.cond.notify_all()
+
+        self.names = set(workers)
+        threads = [threading.Thread(target=body, args=(n, f), name=n) for n, f in workers.items()]
+        for t in threads:
+            t.start()
+        with self.cond:
+            while True:
+                assert self.cond.wait_for(lambda: self.running is None and self.waiting | self.finished == self.names,
+                                          timeout=60), self.trace[-5:]
+                if self.finished == self.names:
+                    break
+                self.running = self.rng.choice(sorted(self.waiting))
+                self.cond.notify_all()
+        for t in threads:
+            t.join()
+        return out
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def _stale_claim(path, how, dead):
+    import socket
+
+    from torch_bridge.experiments import _locks
+
+    if how == "unreadable":  # its owner was killed between creating and writing it
+        path.write_text("")
+        old = time.time() - 2 * _locks.STALE_AFTER_S
+        os.utime(path, (old, old))
+    elif how == "dead owner":
+        path.write_text(json.dumps({"host": socket.gethostname(), "pidns": _locks._PIDNS, "pid": dead,
+                                    "token": "stale"}))
+    elif how == "no heartbeat":  # an owner on another host that died
+        path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "stale"}))
+        old = time.time() - 2 * _locks.STALE_AFTER_S
+        os.utime(path, (old, old))
+    else:  # "dead breaker": a worker was killed while breaking the claim of a dead owner
+        _stale_claim(path, "dead owner", dead)
+        (path.parent / f".{path.name}.break-tstale.0").write_text(json.dumps(
+            {"host": socket.gethostname(), "pidns": _locks._PIDNS, "pid": dead, "token": "b"}))
+
+
+@pytest.mark.parametrize("how, n", [("dead owner", 3), ("unreadable", 3), ("no heartbeat", 3), ("dead breaker", 3),
+                                     ("dead owner", 4)])
+def test_many_workers_breaking_one_stale_claim_never_share_it(tmp_path, monkeypatch, how, n):
+    """Three (four) workers meet one stale claim at once. Over many seeded interleavings of their file
+    operations (on a file system without hard links), exactly one of them ends up holding the
+    claim, the claim file is that worker's, and no break lock is left behind. (The breaking of
+    earlier versions, rename aside and link back, fails here: two holders, e.g. seed 7.)"""
+    dead = _dead_pid()
+    for seed in range(150):
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        path = folder / "job.claim"
+        _stale_claim(path, how, dead)
+        il = _Interleaver(monkeypatch, seed, no_hard_links=True)
+        got = il.run({f"w{k}": lambda: try_claim(path) for k in range(n)})
+        monkeypatch.undo()
+        assert not [g for g in got.values() if isinstance(g, BaseException)], (seed, got)
+        holders = [g for g in got.values() if g is not None]
+        trace = "\n".join(il.trace)
+        assert len(holders) == 1, f"seed {seed}: {len(holders)} holders\n{trace}"
+        assert json.loads(path.read_text())["token"] == holders[0].token, f"seed {seed}\n{trace}"
+        assert sorted(p.name for p in folder.iterdir()) == ["job.claim"], f"seed {seed}\n{trace}"
+        holders[0].release()
+
+
+def test_a_break_acts_only_on_the_claim_it_judged(tmp_path):
+    """A worker that judged claim A stale finds, once it holds A's break lock, another stale
+    claim B at the path (A was broken, B's owner died too): B is not its to break (B's own
+    breaker may be replacing it right now), and a live break lock stops other breakers."""
+    from torch_bridge.experiments import _locks
+
+    dead = _dead_pid()
+    path = tmp_path / "job.claim"
+    _stale_claim(path, "dead owner", dead)  # token "stale"
+    _locks._break(path, "tother")  # judged before: claim "other"
+    assert json.loads(path.read_text())["token"] == "stale" and sorted(os.listdir(tmp_path)) == ["job.claim"]
+    busy = try_claim(tmp_path / ".job.claim.break-tstale.0")  # a live worker is breaking it
+    assert try_claim(path) is None and json.loads(path.read_text())["token"] == "stale"
+    busy.release()
+    taken = try_claim(path)
+    assert taken is not None and json.loads(path.read_text())["token"] == taken.token
+    taken.release()
+
+
+# --------------------------------------------------------------------------- temporary files of killed writers
+def test_orphaned_temporary_files_are_swept_by_the_claims_rule(tmp_path):
+    from torch_bridge.experiments import _locks
+
+    dead, me, tag = _dead_pid(), os.getpid(), _locks._HOST_TAG
+    other = "0" * 8 if tag != "0" * 8 else "1" * 8
+    files = {  # name -> (made old, removed)
+        f".r.json.tmp{dead}-{tag}-abcdef": (False, True),  # killed writer on this host
+        f".x_train.npy.tmp{dead}-{tag}-abcdef.npy": (False, True),
+        f".r.json.tmp{me}-{tag}-abcdef": (False, False),  # a live writer
+        f".q.json.tmp{me}-{tag}-abcdef": (True, True),  # ... not for stale_after: the pid was reused
+        f".s.json.tmp{dead}-{other}-abcdef": (False, False),  # another host: its pid says nothing here
+        f".t.json.tmp{dead}-{other}-abcdef": (True, True),  # ... until it is stale_after old
+        f".m.pt.tmp{dead}": (False, False),  # no host tag: the age alone tells
+        f".n.pt.tmp{dead}": (True, True),
+        f".o.json.tmp{dead}-abcdef": (True, True),  # names of earlier versions
+        f".c.claim.stale{dead}-abcdef": (True, True),
+        ".c.claim.break-tgone.0": (False, True),  # its claim is gone
+        ".d.claim.break-tlive.0": (False, False),  # its claim is still there
+        "d.claim": (False, False), "r.json": (True, False), ".hidden": (True, False), "a.tmp5": (True, False),
+    }
+    old = time.time() - 2 * _locks.STALE_AFTER_S
+    for name, (aged, _) in files.items():
+        (tmp_path / name).write_text(json.dumps({"token": "live", "pid": me}) if name == "d.claim" else "partial")
+        if aged:
+            os.utime(tmp_path / name, (old, old))
+    untagged = {f".n.pt.tmp{dead}", f".o.json.tmp{dead}-abcdef", f".c.claim.stale{dead}-abcdef"}
+    removed = _locks.sweep_temporaries(tmp_path, only_tagged=True)  # a folder shared with other programs
+    assert sorted(p.name for p in removed) == sorted(n for n, (_, gone) in files.items() if gone and n not in untagged)
+    removed = _locks.sweep_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(untagged)
+    assert sorted(os.listdir(tmp_path)) == sorted(n for n, (_, gone) in files.items() if not gone)
+    assert _locks.sweep_temporaries(tmp_path / "missing") == []
+
+
+def test_taking_a_claim_removes_the_temporary_files_it_covers(tmp_path):
+    """Only a claim's holder writes the files of its name, so whoever takes it next removes
+    their temporary files, whatever their owner (pid alive or not, any host)."""
+    from torch_bridge.experiments import _locks
+
+    key = "digits-abc-myrtle-w2-leaky_relu0.1-bn-e2-1234abcd-s0"
+    covered = [f".{key}.pt.tmp{os.getpid()}", f".{key}.partial.pt.tmp12", f".{key}.sha256.tmp12-0a0b0c0d-abcdef"]
+    other = [f".{key}0.pt.tmp12", f".{key}-x.pt.tmp12", f"{key}.pt", f".{key}.pt", "other.lock"]
+    for name in covered + other:
+        (tmp_path / name).write_text("x")
+    claim = try_claim(tmp_path / f"{key}.lock")
+    assert sorted(os.listdir(tmp_path)) == sorted(other + [f"{key}.lock"])
+    claim.release()
+
+
+def test_a_worker_starting_removes_what_a_killed_writer_left(tmp_path):
+    """A process killed with SIGKILL while writing leaves temporary files in OUT and OUT/jobs;
+    the next worker on this host removes them before running its jobs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    targets = [out / "plan.json", out / "jobs" / "stitch-0-abc.json"]
+    code = ("import os, signal\nfrom torch_bridge.experiments._locks import temp_path\n"
+            f"for p in {[str(t) for t in targets]!r}:\n"
+            "    t = temp_path(p)\n    t.parent.mkdir(parents=True, exist_ok=True)\n    t.write_text('partial')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = [p.name for p in (*out.iterdir(), *(out / "jobs").iterdir()) if ".tmp" in p.name]
+    assert len(left) == 2
+    job = _jobs.make_job("stitch", "stitch-0", {"k": 0}, {})
+    counts = _jobs.work(_jobs.Plan("stitch", (job,), {}), _jobs.JobStore(out), lambda j: {"v": 1})
+    assert counts["ran"] == 1
+    assert sorted(os.listdir(out)) == ["jobs"]
+    assert sorted(os.listdir(out / "jobs")) == sorted([f"stitch-0-{job.key}.json", "jobs.log"])
+
+
+# --------------------------------------------------------------------------- code versions in job keys
+def test_a_kinds_version_enters_its_job_keys_only_when_bumped(tmp_path, monkeypatch):
+    # the keys the code wrote before versions existed (commit 6363d22): version 1 keeps them
+    assert _jobs.make_job("stitch", "stitch-x", {"k": 1}, {"data": "d"}).key == "4e05e14bd589b237"
+    assert _jobs.make_job("train", "train-s0", {"model": "m", "seed": 0, "batch_norm": True},
+                          {"data": "d"}).key == "748740e9a0a0fee1"
+    cfg = _cfg("stitch", tmp_path, models=3, pairs=2)
+    before = _run.plan_experiment(cfg)
+    sanity = _jobs.make_job("sanity", "s", {"k": 1}, {})
+    module, attr = _registry._ENTRIES["stitch"]
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(module, "torch_bridge.experiments"), attr,
+                        dataclasses.replace(_registry.get("stitch"), version=2))
+    after = _run.plan_experiment(cfg)
+    assert _registry.job_versions("stitch") == {"stitch": 2} and _registry.job_versions("train") == {}
+    assert _registry.job_versions("leaky_sweep") == {"stitch": 2}  # it trains stitching layers with stitch's code
+    assert [j.kind for j in before.jobs] == [j.kind for j in after.jobs]
+    for a, b in zip(before.jobs, after.jobs):  # the models stay, every stitching job is new
+        assert (a.key == b.key) == (a.kind == "train"), (a.label, a.key, b.key)
+    assert _jobs.make_job("sanity", "s", {"k": 1}, {}).key == sanity.key  # other kinds keep theirs
+
+
+def test_registry_versions_are_one_per_job_kind():
+    kinds = [_registry.get(n) for n in _registry.names()]
+    for k in kinds:
+        assert k.job_kind in _registry.names(), k.name  # a job kind is named after its experiment
+        assert k.version == _registry.get(k.job_kind).version, k.name  # sharers share its version
+        assert set(k.uses) <= set(_registry.names()) - {k.name}, k.name
+    with pytest.raises(ValueError, match="'version' of experiment 'stitch' must be a positive integer"):
+        dataclasses.replace(kinds[0], name="stitch", version=0)

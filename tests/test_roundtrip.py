@@ -1,11 +1,12 @@
 """Round trip: groupcalc reads back everything it prints (issue 9, part B).
 
 For every catalogue entry and for fuzzed formulas, ``parse(print(sigma))`` is the same
-expression (structurally, or ``simplify(a - b) == 0`` with the parameters as the same
-symbols) and :func:`groupcalc.derive` gives the same answer for both; every formula in the
-output of ``groupcalc group --json``, ``groupcalc table --json``, ``groupcalc list --json``
-and the text report parses back. The engine costs ~0.1-3 s per formula, so the default run
-derives a handful; the exhaustive runs are marked slow.
+expression (structurally, or as a function: tests/_same_expr.py, numerically first and
+``simplify`` only within a time budget, never unbounded) and :func:`groupcalc.derive` gives
+the same answer for both; every formula in the output of ``groupcalc group --json``,
+``groupcalc table --json``, ``groupcalc list --json`` and the text report parses back. The
+engine costs ~0.1-3 s per formula, so the default run derives a handful; the exhaustive runs
+are marked slow.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import re
 
 import pytest
 import sympy
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from sympy.core.relational import Relational
-from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
 import activations
 import groupcalc.testing as gt
 from activations import parse_condition, parse_formula, x
-from groupcalc import GroupCalcError, derive
+from groupcalc import GroupCalcError, _budget, derive
 from groupcalc.cli import main
+
+import _same_expr
+from _same_expr import Undecided, is_condition, modest_number, same_cond, same_expr
 
 CATALOGUE = activations.catalogue()
 #: Catalogue entries derived twice in the default run: piecewise with a parameter,
@@ -35,67 +37,7 @@ QUICK = ("leaky_relu", "selu", "hardshrink", "polynomial")
 FUZZ_SEED = 20261201
 
 
-# Equality of expressions and conditions ---------------------------------------------------
-def _is_cond(v):
-    return isinstance(v, (Relational, BooleanFunction, BooleanAtom, sympy.Contains))
-
-
-def _zero(e) -> bool:
-    if e == 0:
-        return True
-    e = sympy.piecewise_fold(e) if e.has(sympy.Piecewise) else e
-    return sympy.simplify(e) == 0
-
-
-def same_expr(a, b) -> bool:
-    """``a`` and ``b`` are the same expression: structurally (argument by argument, so that
-    piecewise conditions are compared as conditions), else ``simplify(a - b) == 0``."""
-    if a == b:
-        return True
-    if _is_cond(a) or _is_cond(b):
-        return same_cond(a, b)
-    if a.func == b.func and a.args and len(a.args) == len(b.args) and all(_same(p, q) for p, q in zip(a.args, b.args)):
-        return True
-    return _zero(a - b)
-
-
-def _same(p, q) -> bool:
-    if isinstance(p, sympy.core.containers.Tuple) or type(p).__name__ == "ExprCondPair":
-        return type(p) is type(q) and len(p.args) == len(q.args) and all(_same(u, v) for u, v in zip(p.args, q.args))
-    return same_expr(p, q)
-
-
-def _rel_key(r):
-    """A relation as (kind, lhs - rhs) with > and >= turned into < and <=."""
-    if isinstance(r, (sympy.StrictGreaterThan, sympy.GreaterThan)):
-        return ("<" if isinstance(r, sympy.StrictGreaterThan) else "<=", r.rhs - r.lhs)
-    if isinstance(r, (sympy.StrictLessThan, sympy.LessThan)):
-        return ("<" if isinstance(r, sympy.StrictLessThan) else "<=", r.lhs - r.rhs)
-    return (type(r).__name__, r.lhs - r.rhs)
-
-
-def same_cond(a, b) -> bool:
-    """Conditions with the same structure whose relations agree up to simplification."""
-    if a == b:
-        return True
-    if isinstance(a, Relational) and isinstance(b, Relational):
-        (ka, da), (kb, db) = _rel_key(a), _rel_key(b)
-        if ka != kb:
-            return False
-        return _zero(da - db) or (ka in ("Equality", "Unequality") and _zero(da + db))
-    if isinstance(a, sympy.Contains) and isinstance(b, sympy.Contains):
-        return a.args[1] == b.args[1] and same_expr(a.args[0], b.args[0])
-    if type(a) is not type(b) or len(a.args) != len(b.args) or not isinstance(a, BooleanFunction):
-        return False
-    rest = list(b.args)
-    for arg in a.args:  # match the arguments in any order
-        match = next((i for i, other in enumerate(rest) if same_cond(arg, other)), None)
-        if match is None:
-            return False
-        rest.pop(match)
-    return True
-
-
+# Equality of expressions and conditions: bounded (tests/_same_expr.py) ----------------------
 def test_equality_helpers_can_fail():
     alpha = sympy.Symbol("alpha", real=True)
     assert same_expr(125 * (sympy.exp(x) + 1), 125 * sympy.exp(x) + 125)
@@ -106,6 +48,29 @@ def test_equality_helpers_can_fail():
     assert not same_cond(sympy.Lt(0, alpha), alpha < 0)
     assert not same_cond(sympy.Eq(alpha, 1), sympy.Ne(alpha, 1))
     assert not same_cond(sympy.And(alpha > 0, alpha < 1), sympy.And(alpha > 0, alpha < 2))
+    # differences the numbers must see: only at x = 0, and in the 41st digit of a coefficient
+    assert not same_expr(sympy.Heaviside(x, 1), sympy.Heaviside(x))
+    big = sympy.Rational(10**40, 3)
+    assert not same_expr(big * sympy.exp(x), (big + sympy.Rational(1, 3)) * sympy.exp(x))
+    assert same_expr(big * (sympy.exp(x) + 1), big * sympy.exp(x) + big)
+    assert not same_expr(sympy.floor(x) + x, sympy.floor(x + sympy.Rational(1, 2)) + x)
+
+
+def test_undecidable_comparison_fails_loudly(monkeypatch):
+    """No numeric rule (an unknown function) and simplify without an answer: Undecided, an
+    AssertionError naming both sides, neither True nor False."""
+    f, g = sympy.Function("f", real=True), sympy.Function("g", real=True)
+    with pytest.raises(Undecided, match=r"f\(x\) == g\(x\).*no numeric rule for f"):
+        same_expr(f(x), g(x))
+
+    def endless(e, **kwargs):
+        while True:
+            pass
+
+    monkeypatch.setattr(_same_expr, "SIMPLIFY_SECONDS", 0.2)
+    monkeypatch.setattr(sympy, "simplify", endless)
+    with pytest.raises(Undecided, match="did not finish within 0.2 s"):  # the budget stops it
+        same_expr(f(x) * (x + 1), f(x) * x + f(x))
 
 
 # Catalogue ----------------------------------------------------------------------------------
@@ -171,10 +136,38 @@ _UNARY = [sympy.exp, sympy.sin, sympy.tanh, sympy.atan, sympy.Abs, sympy.sign, s
 _RELS = [sympy.Lt, sympy.Le, sympy.Gt, sympy.Ge, sympy.Eq, sympy.Ne]
 
 
+def _evaluable(*args):
+    """Leave out numeric arguments too large for sympy to evaluate exactly: sympy decides the
+    sign, integer part or order of a number by computing it, and ``floor(exp(10**40/3))``
+    alone (plain sympy, no groupcalc) computes 10**39 digits (> 15 s measured, it does not
+    finish). A sympy-side limit, met while *building* the formula; the parser inherits it, and
+    test_huge_numbers_parse_in_bounded_time below records that as a known parser bug."""
+    for a in args:
+        assume(bool(a.free_symbols) or modest_number(a))
+    return args
+
+
+#: Wall-clock limit of sympy's own constructor for one drawn Piecewise, Max or Min.
+BUILD_SECONDS = 2
+
+
+def _built(f, *args):
+    """``f(*args)``; the draw is left out when sympy's constructor runs longer than
+    BUILD_SECONDS. Measured (cProfile of 152 explore draws, seed 15): 98 of 120 s in sympy
+    building Piecewise (eval -> rewrite(ITE) -> as_set -> periodicity) and Max/Min
+    (_find_localzeros), up to 1.5 s for one draw. Only which examples are drawn can depend on
+    the machine's load, never a verdict."""
+    try:
+        with _budget.limited(seconds=BUILD_SECONDS):
+            return f(*args)
+    except _budget.OutOfBudget:
+        assume(False)
+
+
 def _draw_cond(draw, depth):
     kind = draw(st.sampled_from(("rel", "rel", "and", "or", "not"))) if depth > 0 else "rel"
     if kind == "rel":
-        return draw(st.sampled_from(_RELS))(_draw_expr(draw, depth - 1), _draw_expr(draw, depth - 1))
+        return draw(st.sampled_from(_RELS))(*_evaluable(_draw_expr(draw, depth - 1), _draw_expr(draw, depth - 1)))
     if kind == "not":
         return sympy.Not(_draw_cond(draw, depth - 1))
     args = (_draw_cond(draw, depth - 1), _draw_cond(draw, depth - 1))
@@ -198,26 +191,89 @@ def _draw_expr(draw, depth):
         k = draw(st.integers(-3, 4))
         return sub() ** k if k >= 0 else 1 / (2 + sub() ** 2) ** -k
     if kind == "fn":
-        return draw(st.sampled_from(_UNARY))(sub())
+        return draw(st.sampled_from(_UNARY))(*_evaluable(sub()))
     if kind in ("max", "min"):
-        return (sympy.Max if kind == "max" else sympy.Min)(sub(), sub())
+        return _built(sympy.Max if kind == "max" else sympy.Min, *_evaluable(sub(), sub()))
     pieces = [(sub(), _draw_cond(draw, depth - 1)) for _ in range(draw(st.integers(1, 3)))]
-    return sympy.Piecewise(*pieces, (sub(), True))
+    return _built(sympy.Piecewise, *pieces, (sub(), True))
 
 
 _exprs = st.composite(lambda draw: _draw_expr(draw, 3))()
 _conds = st.composite(lambda draw: _draw_cond(draw, 2))()
 
 
+#: Wall-clock guard of one parse in the property tests: a parse that runs longer fails the
+#: test with its formula instead of hanging the run (the parser promises bounded work).
+PARSE_SECONDS = 60
+
+
+def _read(parse, text):
+    """``parse(text)``, bounded: a hang fails with the formula. A formula beyond the parser's
+    documented size limits ("at most ...": a root of a 200-digit number) is left out; sympy
+    built it from smaller numbers, so no formula a user can type prints as it."""
+    try:
+        with _budget.limited(seconds=PARSE_SECONDS):
+            return parse(text)
+    except _budget.OutOfBudget:
+        raise AssertionError(f"{parse.__name__} did not finish within {PARSE_SECONDS} s on {text!r}") from None
+    except activations.FormulaError as err:
+        assume("at most" not in str(err))
+        raise
+
+
+_P1 = sympy.Piecewise((sympy.Rational(1, 81), sympy.Ne(x, sympy.Rational(1, 2))),
+                      (sympy.Piecewise((x**2, x < sympy.pi), (_beta**2, True)), True))
+_P2 = sympy.Piecewise((x**2, x > sympy.E), (_alpha**2, _alpha <= x), (sympy.Rational(3024121, 620866778401), True))
+_P3 = sympy.Piecewise((_beta**2, (x > sympy.Rational(1, 2)) | (x < 1)), (x**2, True))
+#: Formulas met by HYPOTHESIS_PROFILE=explore runs (tests/_same_expr.py has the story): the
+#: old simplify(a - b) comparison answered False on the first and third (a coefficient
+#: distributed over a Piecewise; the third is what the test run with --hypothesis-seed=22
+#: shrank to, after 88-134 s of shrinking) and raised TypeError ("E < alpha") on the second.
+CAPTURED = (
+    sympy.Mul(sympy.Rational(240048, 7), x, 1 / (_P1 + 1), sympy.Max(1, _beta)),
+    sympy.Max((x**2 + 2) ** -3,
+              sympy.Rational(78583815056146401, int("23325019831021319240366938156129768364920594360"
+                                                     "6558621015824148725760000")) / (_P2 + 1)),
+    x + sympy.Rational(1, 2) / (_P3 + 1),
+)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(expr=_exprs)
+@example(expr=CAPTURED[0])
+@example(expr=CAPTURED[1])
+@example(expr=CAPTURED[2])
 def test_printed_expression_reads_back(expr):
-    assume(_is_cond(expr) is False and not expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I))
+    assume(not is_condition(expr) and not expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I))
     text = str(expr)
     assume(len(text) <= activations._parse.MAX_LENGTH)
-    back = parse_formula(text)
+    back = _read(parse_formula, text)
     assert back == expr or same_expr(back, expr), (text, str(back))
-    assert str(parse_formula(str(back))) == str(back)  # printing is a fixed point after one trip
+    assert str(_read(parse_formula, str(back))) == str(back)  # printing is a fixed point after one trip
+
+
+def test_captured_formulas_print_as_met():
+    """The @example formulas are the ones the explore runs met (their printed text)."""
+    assert str(CAPTURED[0]) == ("240048*x*Max(1, beta)/(7*(Piecewise((1/81, Ne(x, 1/2)), (Piecewise((x**2, x < pi), "
+                                "(beta**2, True)), True)) + 1))")
+    assert str(CAPTURED[1]) == ("Max((x**2 + 2)**(-3), 78583815056146401/(23325019831021319240366938156129768364"
+                                "9205943606558621015824148725760000*(Piecewise((x**2, x > E), (alpha**2, alpha <= x), "
+                                "(3024121/620866778401, True)) + 1)))")
+    assert str(CAPTURED[2]) == "x + 1/(2*(Piecewise((beta**2, (x > 1/2) | (x < 1)), (x**2, True)) + 1))"
+
+
+@pytest.mark.parametrize("text", ["floor(exp(10000000000000000000000000000000000000000/3))",
+                                  "Max(x, sin(exp(10000000000000000000000000000000000000000/3)))"])
+def test_huge_numbers_parse_in_bounded_time(text):
+    """The parser promises bounded work on any input; these need 10**39 digits of e. Refusing
+    them (FormulaError) or reading them back would both pass."""
+    try:
+        with _budget.limited(seconds=2):
+            parse_formula(text)
+    except activations.FormulaError:
+        pass
+    except _budget.OutOfBudget:
+        raise AssertionError(f"parse_formula did not finish within 2 s on {text!r}") from None
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -226,7 +282,7 @@ def test_printed_condition_reads_back(cond):
     assume(not cond.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I))
     text = str(cond)
     assume(len(text) <= activations._parse.MAX_LENGTH)
-    back = parse_condition(text)
+    back = _read(parse_condition, text)
     assert back == cond or same_cond(back, cond), (text, str(back))
 
 

@@ -241,10 +241,12 @@ def _register():
     l1 = ExperimentKind(
         "l1_sparsity", batch_norm=True, n_models=lambda cfg: cfg.models, plan=_plan_with("l1_sparsity", _l1_variants),
         job_kind="l1_sparsity", run=_l1_run, merge=_l1_merge, validate=_validate_pairs, summary_key="series",
+        uses=("stitch",),
         presets={"smoke": dict(l1_strengths=(1e-3, 1e-1))})
     cv = ExperimentKind(
         "alpha_cv", batch_norm=True, n_models=lambda cfg: cfg.models, plan=_plan_with("alpha_cv", _cv_variants),
         job_kind="alpha_cv", run=_cv_run, merge=_cv_merge, validate=_cv_validate, summary_key="series",
+        uses=("stitch",),
         presets={"smoke": dict(cv_alphas=(1e-2, 1.0), cv_epochs=1), "cpu": dict(cv_epochs=1)})
     return l1, cv
 

@@ -178,9 +178,12 @@ def _cached_cifar(source: Path, cache: Path):
         return cached
     arrays = _read_cifar(source)
     folder.mkdir(parents=True, exist_ok=True)
+    from ._locks import sweep_temporaries, temp_path
+
+    sweep_temporaries(folder)  # partial arrays of a killed writer
     sums = {}
     for f, arr in zip(files, arrays):
-        tmp = f.with_name(f".{f.stem}.tmp{os.getpid()}.npy")
+        tmp = temp_path(f, ".npy")
         try:
             np.save(tmp, arr)
             sums[f.name] = file_sha256(tmp)

@@ -6,7 +6,9 @@ that determines its result: its parameters, the configuration fields it reads an
 content hash of the data. It writes its result atomically to
 ``OUT/jobs/<label>-<key>.json``; while it runs, ``...claim`` (a claim file, :mod:`._locks`)
 says who runs it; a job that raised leaves ``...error`` with the one-line error. A killed
-worker leaves only a stale claim, so rerunning loses at most the job it was running.
+worker leaves only a stale claim (and perhaps a temporary file, which the next worker removes),
+so rerunning loses at most the job it was running. Keys carry the version of each job kind's
+code (see :mod:`._registry`).
 
 ``plan.json`` in the output folder lists the jobs of the last run; ``groupcalc experiment
 status OUT`` reads it (:func:`status`).
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._data import CacheWarning
-from ._locks import STALE_AFTER_S, atomic_write_text, claim_state, try_claim
+from ._locks import STALE_AFTER_S, atomic_write_text, claim_state, sweep_temporaries, try_claim
 
 __all__ = ["Job", "make_job", "Plan", "JobStore", "work", "status", "STATES"]
 
@@ -50,9 +52,16 @@ class Job:
 
 
 def make_job(kind: str, label: str, params: dict, basis: dict) -> Job:
-    """A job whose key hashes ``kind``, ``params`` and ``basis`` (the configuration fields
-    and data hash its result depends on)."""
-    text = json.dumps({"kind": kind, "params": params, "basis": basis}, sort_keys=True, default=str)
+    """A job whose key hashes ``kind``, ``params``, ``basis`` (the configuration fields and
+    data hash its result depends on) and the versions of ``kind``'s code that are not 1
+    (:func:`._registry.job_versions`; version 1 keeps the keys of earlier runs)."""
+    from ._registry import job_versions
+
+    doc = {"kind": kind, "params": params, "basis": basis}
+    versions = job_versions(kind)
+    if versions:
+        doc["versions"] = versions
+    text = json.dumps(doc, sort_keys=True, default=str)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     return Job(kind, safe, params, hashlib.sha256(text.encode()).hexdigest()[:16])
 
@@ -143,10 +152,14 @@ def work(plan: Plan, store: JobStore, execute, *, stop_on_error: bool = False) -
 
     ``execute(job) -> dict`` computes one result. A job that raises is recorded as failed
     (``...error``) and the worker goes on with the next one (``stop_on_error``: re-raise it).
-    ``KeyboardInterrupt`` releases the claim of the running job and propagates. Returns
-    counts ``{"ran", "failed", "skipped"}``.
+    ``KeyboardInterrupt`` releases the claim of the running job and propagates. Starting, it
+    removes the orphaned temporary files of ``OUT`` and ``OUT/jobs`` (killed workers' partial
+    writes; :func:`._locks.sweep_temporaries`). Returns counts ``{"ran", "failed", "skipped"}``.
     """
     counts = {"ran": 0, "failed": 0, "skipped": 0}
+    # what killed workers left; OUT may be a folder of the user's: only names of our own writer there
+    sweep_temporaries(store.root.parent, stale_after=store.stale_after, only_tagged=True)
+    sweep_temporaries(store.root, stale_after=store.stale_after)
     for job in plan.jobs:
         if store.result(job) is not None:
             continue

@@ -171,7 +171,7 @@ def _register():
     paper = (1e-4, 1e-3, 1e-2, 0.1, 0.5, 0.9, 1.0)
     return ExperimentKind(
         "leaky_sweep", batch_norm=True, n_models=lambda cfg: 0, plan=_plan, job_kind="leaky_sweep", run=_run_job,
-        merge=_merge, validate=_validate, summary_key="series",
+        merge=_merge, validate=_validate, summary_key="series", uses=("stitch",),
         presets={"smoke": dict(slopes=(-1.0, 0.01, 1.0), methods=("full", "group")),
                  # 7 of ResNet20's 19 sites (the stem, then inside/after the last block of each stage)
                  "cpu": dict(arch="resnet20", slopes=(-1.0, 1e-3, 0.1, 0.5, 0.9, 1.0), methods=("group",),

@@ -11,6 +11,7 @@ is fine-tuned; the rotation penalty is the test accuracy before minus after.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ import torch
 from ._config import ExperimentConfig, summarize
 from ._setup import rng_for
 from ._sites import channel_map, site_hook
-from ._train import TrainConfig, evaluate, train_model
+from ._train import evaluate, train_model
 
 __all__ = ["run_sanity", "random_orthogonal", "random_transform", "engine_group"]
 
@@ -81,7 +82,7 @@ def _run_job(ctx, job) -> dict:
     cfg, q = ctx.cfg, job.params
     base, rec = zoo_model(ctx, q["model_seed"], False)
     site, kind, r = ctx.site(q["site"], False), q["transform"], q["repeat"]
-    ft_cfg = TrainConfig(**dict(cfg.train.to_json(), epochs=cfg.finetune_epochs, n_train=cfg.finetune_n_train))
+    ft_cfg = replace(cfg.recipe(False), epochs=cfg.finetune_epochs, n_train=cfg.finetune_n_train)
     model = copy.deepcopy(base)
     before = set(site.before)
     tail = []
@@ -134,7 +135,9 @@ def _register():
     from ._registry import ExperimentKind
 
     return ExperimentKind("sanity", batch_norm=False, n_models=_n_base, plan=_plan, job_kind="sanity",
-                          run=_run_job, merge=_merge, summary_key="transform")
+                          run=_run_job, merge=_merge, summary_key="transform",
+                          # cpu: 4 repeats over 2 models (each fine-tuned twice, other seeds and transforms)
+                          presets={"cpu": dict(models=2)})
 
 
 SANITY = _register()

@@ -114,7 +114,7 @@ def context(cfg: ExperimentConfig) -> Context:
 
 def model_spec(ctx: Context, seed: int, batch_norm: bool) -> ModelSpec:
     cfg = ctx.cfg
-    return ModelSpec(ctx.dataset_tag, cfg.arch, cfg.width, cfg.activation, batch_norm, int(seed), cfg.train)
+    return ModelSpec(ctx.dataset_tag, cfg.arch, cfg.width, cfg.activation, batch_norm, int(seed), cfg.recipe(batch_norm))
 
 
 def zoo_model(ctx: Context, seed: int, batch_norm: bool):

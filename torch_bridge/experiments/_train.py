@@ -1,8 +1,14 @@
 """Training as in appendix D.1 of the paper, and evaluation.
 
-Adam with PyTorch's defaults, initial learning rate ``lr``, four evenly spaced drops by a
-factor 0.5, the paper's augmentation, and the checkpoint with the best accuracy on a held-out
-part of the *training* set (the test set is only used to report accuracy).
+By default: Adam with PyTorch's defaults, initial learning rate ``lr``, four evenly spaced
+drops by a factor 0.5, the paper's augmentation, and the checkpoint with the best accuracy on a
+held-out part of the *training* set (the test set is only used to report accuracy).
+
+The ``cpu`` preset trains faster on a CPU with options that leave the paper's setting alone at
+their defaults: SGD with Nesterov momentum and weight decay, a one-cycle learning rate (linear
+warm-up to ``lr`` over ``warmup`` of the steps, then linear decay to zero), label smoothing,
+channels-last weights and bfloat16 autocast (``precision``; the weights, the optimiser and every
+evaluation stay in float32).
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ class TrainConfig:
     holdout: float = 0.1
     n_train: int | None = None  # subsample the training set (None: all of it)
     augment: bool = True
+    # Options of the faster CPU recipe (see the module docstring); at these defaults a
+    # configuration is the paper's, and they are left out of its JSON (so zoo keys stay valid).
+    optimizer: str = "adam"  # "adam" or "sgd" (Nesterov momentum ``momentum``)
+    schedule: str = "steps"  # "steps" (``lr_drops`` halvings) or "onecycle"
+    warmup: float = 0.2  # onecycle: the fraction of the steps spent warming up
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    channels_last: bool = False
+    precision: str = "float32"  # or "bfloat16" (autocast of the forward pass)
 
     def __post_init__(self):
         if int(self.epochs) < 1:
@@ -41,9 +57,25 @@ class TrainConfig:
             raise ValueError(f"Argument 'batch_size' must be a positive integer, not {self.batch_size!r}.")
         if not self.lr > 0:
             raise ValueError(f"Argument 'lr' must be positive, not {self.lr!r}.")
+        for name, allowed in (("optimizer", ("adam", "sgd")), ("schedule", ("steps", "onecycle")),
+                              ("precision", ("float32", "bfloat16"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Argument '{name}' must be one of {allowed}, not {getattr(self, name)!r}.")
+        if not 0 < self.warmup < 1:
+            raise ValueError(f"Argument 'warmup' must be in (0, 1), not {self.warmup!r}.")
+        if not (0 <= self.momentum < 1 and self.weight_decay >= 0 and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"Arguments 'momentum' and 'label_smoothing' must be in [0, 1) and 'weight_decay' "
+                             f">= 0, not {self.momentum!r}, {self.label_smoothing!r} and {self.weight_decay!r}.")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not (k in _RECIPE_DEFAULTS and v == _RECIPE_DEFAULTS[k])}
+
+
+#: The recipe options added after zoo keys were first written, at their defaults.
+_RECIPE_DEFAULTS = {f: TrainConfig.__dataclass_fields__[f].default
+                    for f in ("optimizer", "schedule", "warmup", "momentum", "weight_decay", "label_smoothing",
+                              "channels_last", "precision")}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -118,6 +150,10 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, normalizer: Normali
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if cfg.schedule == "onecycle":
+        peak = max(1, round(cfg.warmup * total))
+        t = step + 1
+        return cfg.lr * (t / peak if t <= peak else max(0.0, (total - t + 1) / max(1, total - peak + 1)))
     drops = int(cfg.lr_drops * step / max(1, total)) if cfg.lr_drops > 0 else 0
     return cfg.lr * cfg.lr_factor ** min(drops, cfg.lr_drops)
 
@@ -140,7 +176,14 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
     x_val, y_val = data.x_train[val_idx], data.y_train[val_idx]
     norm = Normalizer(data, device)
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
     steps_per_epoch = -(-len(y_fit) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(int(seed))
@@ -151,7 +194,7 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
         opt.load_state_dict(saved["opt"])
         restore_generator(gen, saved["gen"])
         state = saved["state"]
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     aug = (data.shift, data.flips) if cfg.augment else None
     for epoch in range(state["epoch"], cfg.epochs):
         model.train()
@@ -160,7 +203,8 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
         for i, (xb, yb) in enumerate(bar):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(epoch * steps_per_epoch + i, total, cfg)
-            loss = loss_fn(model(xb), yb)
+            with torch.autocast(**autocast):
+                loss = loss_fn(model(xb).float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -173,6 +217,8 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
             atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                          "state": state}, checkpoint)
     model.load_state_dict(state["best_state"])
+    if cfg.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     if checkpoint is not None and Path(checkpoint).exists():
         Path(checkpoint).unlink()

@@ -3,6 +3,10 @@
 :func:`align` returns ``g`` with ``spec.act(g, model_b)`` as close as possible to ``model_a``,
 reading the models through the spec's public ``sites`` and ``bindings`` only:
 
+0. (``method="weights"``, ``balance=True``) both models are replaced by the minimum-norm
+   points of their orbits under the continuous positive scalings (every such unit balanced:
+   incoming norm = outgoing norm; :func:`_balanced`), the steps below run between those, and
+   the balancing is folded back into ``g`` at the end;
 1. both models are put in their canonical frames (pass 1 of :func:`canonicalize`: monomial
    sites get unit-norm rows with positive sign keys, orthogonal sites their eigenframe,
    general-linear sites their balanced or whitened frame, block sites a frame per head), so
@@ -54,6 +58,7 @@ assignment problem has the identity as its unique optimum (Cauchy-Schwarz), so `
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -65,7 +70,7 @@ from torch import nn
 from ._align_data import (Progress, UnderdeterminedAlignmentWarning, activation_matching, feature_distances,
                           first_batch, split_batch, stream_site_stats, warn_underdetermined)
 from ._canonical import (_frames_pass, _law, _perm_classes, _perm_element, _permutation_pass, _site_rows,
-                         get_tensor)
+                         act_inplace, get_tensor)
 from ._elements import MonomialElement
 from ._site_groups import Block, GeneralLinear, Monomial, Orthogonal
 from ._frames import least_squares, procrustes
@@ -495,6 +500,102 @@ def _refined(spec, model_a, model_b, g):
     return g, weight_distance(model_a, moved)
 
 
+# Balanced frames ---------------------------------------------------------------------------------
+
+def _balance_rows(spec, site):
+    """[(fqn, binding, law)] of the primary bindings along ``site`` if every one of them scales
+    by t (law +1) or 1/t (law -1) or is only permuted, else None (batch-norm statistics, rows
+    through an activation with :math:`\\phi(t) \\ne t` for t > 0, a diag binding into the site,
+    a tensor carrying the site on two dimensions: their norms are not :math:`t^2\\|x\\|^2` per
+    unit, so the per-site update below would not be exact)."""
+    out = []
+    for fqn, bounds in spec.bindings.items():
+        dims = set()
+        for b in bounds:
+            if b.other_site == site.name and b.site != site.name:
+                return None
+            if b.site != site.name or not b.primary or b.variance == "perm":
+                continue
+            law = _law(b, site.name)
+            if law is None:
+                law = _positive_law(b)
+            if law is None:
+                return None
+            dims.add(b.dim)
+            out.append((fqn, b, law))
+        if len(dims) > 1:
+            return None  # W -> D W D^{-1} (a recurrent weight): not separable per unit
+    return out
+
+
+def _positive_law(b):
+    """+1 / -1 for a co / contra binding whose activation chain acts as the identity on positive
+    scalings (phi(t) = t for t > 0, e.g. phi(t) = |t| of LeakyReLU(-1)), else None."""
+    if b.variance not in ("co", "contra") or not b.chain:
+        return None
+    for t in (0.37, 1.0, 2.9):
+        v = t
+        for act in b.chain:
+            v = act.phi_scalar(v)
+        if not math.isclose(float(v), t, rel_tol=1e-12):
+            return None
+    base = 1 if b.variance == "co" else -1
+    return base if b.relation == "same" else -base
+
+
+#: Balancing stops when no unit's scaling changes by more than this (relative).
+BALANCE_TOL = 1e-12
+#: At most this many sweeps over the sites (the descent converges linearly; tens suffice on MLPs).
+BALANCE_SWEEPS = 1000
+
+
+def _balanced(spec, model):
+    """(k, k.model): the minimum-norm representative of ``model``'s orbit under the continuous
+    positive scalings of its per-unit monomial sites.
+
+    A unit with incoming rows X (scaling by t) and outgoing rows Y (by 1/t) contributes
+    :math:`t^2\\|X\\|^2 + t^{-2}\\|Y\\|^2`, minimal at :math:`t = \\sqrt{\\|Y\\|/\\|X\\|}` (incoming
+    norm = outgoing norm: the unit is *balanced*). The total squared norm is convex in
+    :math:`\\log t` and separable within a site, so block coordinate descent over the sites
+    converges to the unique minimiser (units with no incoming or no outgoing weight keep t = 1).
+    Sites whose rows do not scale by t or 1/t (batch norm, activations with phi) are left alone,
+    and so are sites with no activation (a layer norm's affine output feeding a linear layer)."""
+    sites = []
+    for s in spec.sites:
+        if not (isinstance(s.group, Monomial) and s.group.per_unit and s.group.scalings.positive == "all"):
+            continue
+        rows = _balance_rows(spec, s)
+        # units of a positively homogeneous activation only (ReLU, |x|: a binding through its
+        # chain): balancing the affine output of a layer norm feeding a linear layer (no
+        # activation) raised the GPT-2 pair's barrier (docs/merging.md section 6)
+        if rows and {law for _, _, law in rows} == {1, -1} and any(b.chain for _, b, _ in rows):
+            sites.append((s, rows))
+    k = spec.identity()
+    if not sites:
+        return k, model
+    work = copy.deepcopy(model).double()  # float64 iterates: float32 rounding would stall the descent
+    for _ in range(BALANCE_SWEEPS):
+        worst = 0.0
+        for s, rows in sites:
+            nx = torch.zeros(s.size, dtype=torch.float64)
+            ny = torch.zeros(s.size, dtype=torch.float64)
+            for fqn, b, law in rows:
+                r = (_site_rows(get_tensor(work, fqn), b, {}, ()) ** 2).sum(1).cpu()
+                if law > 0:
+                    nx += r
+                else:
+                    ny += r
+            ok = (nx > 0) & (ny > 0)
+            t = torch.where(ok, (ny / torch.where(ok, nx, 1.0)) ** 0.25, torch.ones_like(nx))
+            worst = max(worst, float((t.log().abs()).max()))
+            e = SymmetryElement({s.name: MonomialElement(torch.arange(s.size), t)})
+            act_inplace(spec, e, work)
+            k = spec.compose(e, k)
+        if worst < BALANCE_TOL:
+            break
+    return k, spec.act(k, model)
+
+
 #: Relative weight distance below which an alignment is an exact match (nothing left to improve).
 EXACT = 1e-9
 
@@ -505,7 +606,7 @@ EXAMPLE_CHUNK = 256
 def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: str = "weights", *, data=None,
           spec: SymmetrySpec | None = None, example_kwargs: dict | None = None, max_iter: int = 100, seed: int = 0,
           refine_scales: bool = True, tol: float = 1e-8, progress=None, return_report: bool = False,
-          restarts: int = 1):
+          restarts: int = 1, balance: bool = True):
     """The group element ``g`` bringing ``model_b`` closest to ``model_a``.
 
     Parameters
@@ -537,6 +638,16 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: s
         linearly. 0: the canonical route only (on a large model the raw route costs several
         times the canonical one: GPT-2 small, docs/torch_bridge.md). The raw route is skipped
         when the canonical route already matches the models exactly (a planted pair).
+    balance : bool
+        ``method="weights"``: match the *balanced* representatives of the two models (every
+        unit of a positively homogeneous activation, e.g. ReLU's, rescaled so that its incoming and
+        outgoing weights have equal norms: the minimum-norm point of its orbit), i.e. minimise
+        :math:`\\|k_a\\theta_a - g'\\,k_b\\theta_b\\|` and return :math:`g = k_a^{-1} g' k_b`.
+        The models' own unit scales are set by their random initialisation (gradient flow
+        conserves each unit's :math:`\\|\\mathrm{in}\\|^2 - \\|\\mathrm{out}\\|^2`), and matching
+        them lowers the weight distance to ``model_a`` but not the loss barrier
+        (docs/merging.md section 6). False: minimise the distance to ``model_a`` as given.
+        No effect on networks without such scalings (tanh, GELU) nor on ``"activations"``.
     refine_scales : bool
         After the permutations, refine the continuous part: Procrustes / least squares on the
         dense sites, per-unit scalings on the monomial sites (each kept only if it lowers the
@@ -566,6 +677,8 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: s
 
     if method not in ("weights", "activations"):
         raise ValueError(f"Argument 'method' must be 'weights' or 'activations', not {method!r}.")
+    if not isinstance(balance, bool):
+        raise ValueError(f"Argument 'balance' must be True or False, not {balance!r}.")
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
         raise ValueError(f"Argument 'restarts' must be a non-negative integer, not {restarts!r}.")
     if example_kwargs is not None and not isinstance(example_kwargs, dict):
@@ -610,9 +723,16 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: s
             if method == "activations":
                 underdetermined = warn_underdetermined(spec, model_a, model_b, stats)
         tick = bar.start("frames", 2)
-        ga, dead_a, inv_a, _, ca = _frames_pass(spec, model_a, tol)
+        # weight matching between the minimum-norm representatives of the positive-scaling
+        # orbits (docs/merging.md section 6): the models' own scales carry their initialisation
+        ka = kb = None
+        ma, mb = model_a, model_b
+        if method == "weights" and balance:
+            ka, ma = _balanced(spec, model_a)
+            kb, mb = _balanced(spec, model_b)
+        ga, dead_a, inv_a, _, ca = _frames_pass(spec, ma, tol)
         tick(1)
-        hb, dead_b, inv_b, _, cb = _frames_pass(spec, model_b, tol)
+        hb, dead_b, inv_b, _, cb = _frames_pass(spec, mb, tol)
         tick(2)
         pa = _permutation_pass(spec, ca, dead_a, inv_a)
         pb = _permutation_pass(spec, cb, dead_b, inv_b)
@@ -624,24 +744,27 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs=None, method: s
         g = spec.compose(spec.inverse(ga), spec.compose(pi, hb))
         if refine_scales:
             tick = bar.start("refinement", 2)
-            g, d = _refined(spec, model_a, model_b, g)
+            g, d = _refined(spec, ma, mb, g)
             tick(1)
             # two unrelated models: the canonical frames need not be close; when the result is
             # no better than leaving model b alone, refine from the identity and keep the better
-            before = weight_distance(model_a, model_b)
+            before = weight_distance(ma, mb)
             if d >= before:
-                g0, d0 = _refined(spec, model_a, model_b, spec.identity())
+                g0, d0 = _refined(spec, ma, mb, spec.identity())
                 if d0 < d:
                     g, d = g0, d0
             if method == "weights" and d > EXACT * before:
                 # the raw-frame route (units weighted by size, signs chosen with the permutation)
                 # finds other optima than the canonical one: keep the closer of the two
                 for r in range(restarts):
-                    raw, _ = _raw_weight_matching(spec, model_a, model_b, max_iter, seed + r)
-                    g1, d1 = _refined(spec, model_a, model_b, raw)
+                    raw, _ = _raw_weight_matching(spec, ma, mb, max_iter, seed + r)
+                    g1, d1 = _refined(spec, ma, mb, raw)
                     if d1 < d:
                         g, d = g1, d1
             tick(2)
+        if ka is not None:
+            g = spec.compose(spec.inverse(ka), spec.compose(g, kb))  # back to the models' own frames
+            before = None
     finally:
         bar.close()
     if not spec.contains(g, tol=1e-6):

@@ -1,0 +1,83 @@
+"""The faster CPU training recipe of the ``cpu`` preset (SGD, one-cycle, label smoothing,
+channels-last, bfloat16 autocast) and the separate recipe of models without batch norm."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch_bridge import models  # noqa: E402
+from torch_bridge.experiments import ModelSpec, TrainConfig, load_dataset, make_config, train_model  # noqa: E402
+from torch_bridge.experiments._train import _lr_at  # noqa: E402
+
+#: The fields a TrainConfig had before the recipe options: a config at the new options' defaults
+#: must serialise to exactly these, so the zoo keys of models trained before stay valid.
+_PAPER_FIELDS = {"epochs", "batch_size", "lr", "lr_drops", "lr_factor", "holdout", "n_train", "augment"}
+
+
+def test_default_recipe_serialises_as_before():
+    assert set(TrainConfig().to_json()) == _PAPER_FIELDS
+    fast = TrainConfig(optimizer="sgd", schedule="onecycle", precision="bfloat16", channels_last=True)
+    assert set(fast.to_json()) == _PAPER_FIELDS | {"optimizer", "schedule", "precision", "channels_last"}
+    key = lambda cfg: ModelSpec("d", "myrtle", 8, "relu", True, 0, cfg).key  # noqa: E731
+    assert key(TrainConfig()) != key(fast)
+
+
+def test_one_cycle_rises_linearly_then_falls_to_zero():
+    cfg = TrainConfig(lr=0.4, schedule="onecycle", warmup=0.25)
+    total = 100  # peak after 25 steps
+    lrs = [_lr_at(s, total, cfg) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.4 / 25)
+    assert lrs[24] == pytest.approx(0.4)  # the 25th step runs at the peak
+    assert max(lrs) == pytest.approx(0.4)
+    assert all(a < b for a, b in zip(lrs[:24], lrs[1:25]))  # strictly up...
+    assert all(a > b for a, b in zip(lrs[24:-1], lrs[25:]))  # ...then strictly down
+    assert lrs[-1] == pytest.approx(0.4 / 76)  # one step's worth above zero at the last step
+
+
+def test_paper_schedule_is_unchanged():
+    cfg = TrainConfig(lr=1e-3)
+    # four drops by half, evenly spaced: after 25, 50 and 75 of 100 steps (the fourth is at the end)
+    assert [_lr_at(s, 100, cfg) for s in (0, 24, 25, 50, 99)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4])
+
+
+@pytest.mark.parametrize("bad", [dict(optimizer="rmsprop"), dict(schedule="cosine"), dict(precision="float16"),
+                                 dict(warmup=1.0), dict(label_smoothing=1.0), dict(weight_decay=-1.0)])
+def test_bad_recipe_options_are_refused_by_name(bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        TrainConfig(**bad)
+
+
+def test_fast_recipe_trains_and_hands_back_a_float32_contiguous_model():
+    d = load_dataset("digits").subsample(400, 100)
+    torch.manual_seed(0)
+    net = models.myrtle(width=4, in_channels=1)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
+                      label_smoothing=0.1, channels_last=True, precision="bfloat16")
+    info = train_model(net, d, cfg, seed=0, device=torch.device("cpu"), progress=False)
+    assert info["val_acc"] > 0.3  # chance is 0.1
+    for p in net.parameters():
+        assert p.dtype == torch.float32
+        assert p.is_contiguous()  # channels-last only while training
+    x = torch.randn(5, 1, 8, 8)
+    assert net(x).dtype == torch.float32
+
+
+def test_models_without_batch_norm_get_their_own_recipe():
+    cfg = make_config("sanity", "cpu")
+    assert cfg.train_plain is not None
+    assert cfg.recipe(True) == cfg.train and cfg.recipe(False) == cfg.train_plain
+    # the plain recipe is train's with its own values only
+    diff = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg.train, f.name) != getattr(cfg.train_plain, f.name)}
+    assert diff and diff <= {"lr", "optimizer", "schedule", "weight_decay", "momentum", "label_smoothing", "warmup"}
+    # --epochs applies to both recipes
+    cfg5 = make_config("sanity", "cpu", epochs=5)
+    assert cfg5.train.epochs == cfg5.train_plain.epochs == 5
+    # a preset without a plain recipe uses train for every model, and its job basis is unchanged
+    smoke = make_config("sanity", "smoke")
+    assert smoke.train_plain is None and smoke.recipe(False) == smoke.train
+    assert "train_plain" not in smoke.job_basis()

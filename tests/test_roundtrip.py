@@ -140,8 +140,8 @@ def _evaluable(*args):
     """Leave out numeric arguments too large for sympy to evaluate exactly: sympy decides the
     sign, integer part or order of a number by computing it, and ``floor(exp(10**40/3))``
     alone (plain sympy, no groupcalc) computes 10**39 digits (> 15 s measured, it does not
-    finish). A sympy-side limit, met while *building* the formula; the parser inherits it, and
-    test_huge_numbers_parse_in_bounded_time below records that as a known parser bug."""
+    finish). A sympy-side limit, met while *building* the formula; the parser refuses such
+    numbers (activations/_parse.py, MAX_MAGNITUDE), see test_huge_numbers_parse_in_bounded_time."""
     for a in args:
         assume(bool(a.free_symbols) or modest_number(a))
     return args

@@ -102,7 +102,9 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     (or an interrupted run) never sees a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    from ._locks import temp_path
+
+    tmp = temp_path(path)  # host-tagged: a killed writer's orphan is swept at once (see _locks)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._data import CacheWarning, Dataset, Normalizer, file_sha256
-from ._locks import STALE_AFTER_S, atomic_write_text, try_claim
+from ._locks import STALE_AFTER_S, atomic_write_text, temp_path, try_claim
 from ._train import TrainConfig, evaluate, train_model
 
 __all__ = ["ModelSpec", "build_model", "get_model", "ARCHS"]
@@ -148,7 +148,7 @@ def _train(model: nn.Module, spec: ModelSpec, data: Dataset, zoo: Path, device, 
     record = dict(info, test_acc=evaluate(model, data.x_test, data.y_test, Normalizer(data, device)),
                   key=spec.key, seed=spec.seed)
     path = zoo / f"{spec.key}.pt"
-    tmp = zoo / f".{spec.key}.pt.tmp{os.getpid()}"
+    tmp = temp_path(path)  # host-tagged: a killed writer's orphan is swept at once (see _locks)
     try:  # the sidecar goes first, so a model file never appears without its checksum
         torch.save({"model": model.state_dict(), "record": record}, tmp)
         atomic_write_text(path.with_suffix(".sha256"), file_sha256(tmp))

@@ -81,3 +81,9 @@ def test_models_without_batch_norm_get_their_own_recipe():
     smoke = make_config("sanity", "smoke")
     assert smoke.train_plain is None and smoke.recipe(False) == smoke.train
     assert "train_plain" not in smoke.job_basis()
+
+
+def test_a_plain_recipe_override_replaces_the_presets_value():
+    # the cpu preset's plain recipe sets lr; a user's train_plain lr replaces it (not a clash)
+    cfg = make_config("sanity", "cpu", train_plain={"lr": 0.01})
+    assert cfg.train_plain.lr == 0.01 and cfg.train.lr == make_config("sanity", "cpu").train.lr

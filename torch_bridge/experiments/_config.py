@@ -207,7 +207,7 @@ def make_config(experiment: str, preset: str = "smoke", **overrides) -> Experime
     if "train" in overrides:
         train.update(overrides.pop("train"))
     if plain is not None or "train_plain" in overrides:  # the plain recipe: train's, with its own values
-        plain = dict(train, **(plain or {}), **(overrides.pop("train_plain", None) or {}))
+        plain = {**train, **(plain or {}), **(overrides.pop("train_plain", None) or {})}
         if epochs is not None:
             plain["epochs"] = epochs
     values.update(overrides)

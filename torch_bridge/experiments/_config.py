@@ -51,6 +51,9 @@ class ExperimentConfig:
     #: the recipe of the models without batch norm (the sanity test's), where it differs from
     #: ``train`` (None: ``train``): SGD at the learning rate of a batch-norm network diverges
     train_plain: TrainConfig | None = None
+    #: the sanity test's fine-tuning recipe (None: the model's own, as in the paper; its epochs
+    #: and training images are ``finetune_epochs`` and ``finetune_n_train``)
+    finetune: TrainConfig | None = None
     # sanity
     repeats: int = 1
     transforms: tuple = ("group", "orthogonal", "identity")
@@ -146,6 +149,7 @@ class ExperimentConfig:
         d = asdict(self)
         d["train"] = self.train.to_json()
         d["train_plain"] = None if self.train_plain is None else self.train_plain.to_json()
+        d["finetune"] = None if self.finetune is None else self.finetune.to_json()
         return d
 
     def recipe(self, batch_norm: bool) -> TrainConfig:
@@ -156,7 +160,7 @@ class ExperimentConfig:
 #: Fields added after job keys were first written, with their defaults: left out of the basis at
 #: the default so that finished jobs of earlier runs keep their keys (and are not recomputed).
 _ADDED_FIELDS = {f: ExperimentConfig.__dataclass_fields__[f].default
-                 for f in ("train_plain", "layers", "slopes", "l1_strengths", "sparsity_threshold", "cv_alphas", "cv_fraction",
+                 for f in ("train_plain", "finetune", "layers", "slopes", "l1_strengths", "sparsity_threshold", "cv_alphas", "cv_fraction",
                            "cv_epochs", "softsort_tau")}
 
 _PRESETS = {
@@ -166,13 +170,14 @@ _PRESETS = {
                   methods=("full", "rank1", "group"), transforms=("group", "orthogonal"), eval_relaxed=False,
                   stitch_lr=1e-2),
     # A reduced reproduction on CIFAR-10 for a 2-core CPU (docs/reproduction.md): the faster CPU
-    # recipe (SGD + Nesterov, one-cycle, label smoothing, channels-last, bfloat16 autocast) over all
-    # 45,000 fitting images; models without batch norm take a 4x lower learning rate.
-    "cpu": dict(dataset="cifar10", width=24, n_test=5000, models=4, pairs=6, repeats=4, finetune_epochs=2,
-                finetune_n_train=8000, stitch_epochs=1, stitch_n_train=6000, bn_images=2000,
-                train=dict(epochs=10, batch_size=256, lr=0.2, optimizer="sgd", schedule="onecycle",
-                           weight_decay=5e-4, label_smoothing=0.2, channels_last=True, precision="bfloat16"),
-                train_plain=dict(lr=0.05), similarity_images=1000, stitch_lr=5e-2, threads=1),
+    # recipe (SGD + Nesterov, one-cycle, label smoothing, channels-last, bfloat16 autocast where the
+    # CPU has it natively) over all 45,000 fitting images; models without batch norm take a 4x lower
+    # learning rate and 6 epochs (the sanity experiment's preset adds its fine-tuning recipe).
+    "cpu": dict(dataset="cifar10", width=16, n_test=5000, models=4, pairs=6, repeats=4, finetune_epochs=2,
+                finetune_n_train=5000, stitch_epochs=1, stitch_n_train=5000, bn_images=2000,
+                train=dict(epochs=8, batch_size=256, lr=0.2, optimizer="sgd", schedule="onecycle",
+                           weight_decay=5e-4, label_smoothing=0.2, channels_last=True, precision="auto"),
+                train_plain=dict(lr=0.05, epochs=6), similarity_images=1000, stitch_lr=5e-2, threads=1),
     # Appendix D's hyperparameters (a GPU is advised).
     "paper": dict(dataset="cifar10", width=64, models=32, pairs=32, repeats=10, finetune_epochs=50,
                   stitch_epochs=20, train=dict(epochs=50, batch_size=32), similarity_images=10000,
@@ -201,6 +206,7 @@ def make_config(experiment: str, preset: str = "smoke", **overrides) -> Experime
         values.update(_SMOKE_CIFAR)
     train = dict(values.pop("train", {}))
     plain = values.pop("train_plain", None)
+    finetune = values.pop("finetune", None)
     epochs = overrides.pop("epochs", None)
     if epochs is not None:
         train["epochs"] = epochs
@@ -210,6 +216,8 @@ def make_config(experiment: str, preset: str = "smoke", **overrides) -> Experime
         plain = {**train, **(plain or {}), **(overrides.pop("train_plain", None) or {})}
         if epochs is not None:
             plain["epochs"] = epochs
+    if finetune is not None or "finetune" in overrides:  # over the recipe of the models it fine-tunes
+        finetune = {**(plain or train), **(finetune or {}), **(overrides.pop("finetune", None) or {})}
     values.update(overrides)
     if preset == "paper" and "width" not in overrides and values.get("arch") == "resnet20":
         values["width"] = 16  # the paper's ResNet20 has 16, 32, 64 channels (the common 64 is Myrtle's)
@@ -218,6 +226,7 @@ def make_config(experiment: str, preset: str = "smoke", **overrides) -> Experime
             values[name] = tuple(values[name])
     values["train"] = TrainConfig(**train)
     values["train_plain"] = None if plain is None else TrainConfig(**plain)
+    values["finetune"] = None if finetune is None else TrainConfig(**finetune)
     return ExperimentConfig(experiment=experiment, preset=preset, **values)
 
 

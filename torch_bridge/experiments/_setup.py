@@ -6,7 +6,7 @@ import functools
 import os
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 
 from ._config import ExperimentConfig, mean_ci
 from ._data import Dataset, Normalizer, default_cache_dir, load_dataset
-from ._train import resolve_device
+from ._train import resolve_device, resolve_precision
 from ._zoo import ModelSpec, build_model, get_model
 
 __all__ = ["Context", "setup", "context", "model_spec", "zoo_model", "check_writable", "cache_dir"]
@@ -113,8 +113,12 @@ def context(cfg: ExperimentConfig) -> Context:
 
 
 def model_spec(ctx: Context, seed: int, batch_norm: bool) -> ModelSpec:
+    """The zoo entry of one model; ``precision="auto"`` is resolved for this context's device
+    first, so the key names the precision the model is (or was) trained in."""
     cfg = ctx.cfg
-    return ModelSpec(ctx.dataset_tag, cfg.arch, cfg.width, cfg.activation, batch_norm, int(seed), cfg.recipe(batch_norm))
+    recipe = cfg.recipe(batch_norm)
+    recipe = replace(recipe, precision=resolve_precision(recipe.precision, ctx.device))
+    return ModelSpec(ctx.dataset_tag, cfg.arch, cfg.width, cfg.activation, batch_norm, int(seed), recipe)
 
 
 def zoo_model(ctx: Context, seed: int, batch_norm: bool):

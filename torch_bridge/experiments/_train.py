@@ -8,7 +8,9 @@ The ``cpu`` preset trains faster on a CPU with options that leave the paper's se
 their defaults: SGD with Nesterov momentum and weight decay, a one-cycle learning rate (linear
 warm-up to ``lr`` over ``warmup`` of the steps, then linear decay to zero), label smoothing,
 channels-last weights and bfloat16 autocast (``precision``; the weights, the optimiser and every
-evaluation stay in float32).
+evaluation stay in float32). ``precision="auto"`` takes bfloat16 only where the device computes it
+natively (a CUDA GPU with bfloat16, a CPU with AVX512): on an AVX2 CPU bfloat16 autocast is
+emulated and was measured ten times *slower* than float32 (docs/reproduction.md).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import nn
 
 from ._data import Dataset, Normalizer, batches
 
-__all__ = ["TrainConfig", "train_model", "evaluate", "atomic_save", "resolve_device", "restore_generator"]
+__all__ = ["TrainConfig", "train_model", "evaluate", "atomic_save", "resolve_device", "restore_generator",
+           "resolve_precision"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     channels_last: bool = False
-    precision: str = "float32"  # or "bfloat16" (autocast of the forward pass)
+    precision: str = "float32"  # "bfloat16" (autocast of the forward pass) or "auto" (see resolve_precision)
 
     def __post_init__(self):
         if int(self.epochs) < 1:
@@ -58,7 +61,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"Argument 'lr' must be positive, not {self.lr!r}.")
         for name, allowed in (("optimizer", ("adam", "sgd")), ("schedule", ("steps", "onecycle")),
-                              ("precision", ("float32", "bfloat16"))):
+                              ("precision", ("float32", "bfloat16", "auto"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Argument '{name}' must be one of {allowed}, not {getattr(self, name)!r}.")
         if not 0 < self.warmup < 1:
@@ -95,6 +98,38 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"Argument 'device' is {text!r} but only {torch.cuda.device_count()} CUDA "
                              f"device(s) exist.")
     return torch.device(text)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (else autocast emulates it, slowly)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:  # oneDNN's own test: AVX512 (BW, VL, DQ) or newer; AVX2 machines emulate bfloat16
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The precision a training run uses: ``"auto"`` is ``"bfloat16"`` where ``device``
+    computes it natively and ``"float32"`` elsewhere; other values are kept."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bfloat16(torch.device(device)) else "float32"
+
+
+_warned_emulated = False
+
+
+def _warn_if_emulated(precision: str, device: torch.device) -> None:
+    global _warned_emulated
+    if precision == "bfloat16" and not _warned_emulated and not native_bfloat16(device):
+        import warnings
+
+        _warned_emulated = True
+        warnings.warn(f"precision='bfloat16' on {device}, which has no native bfloat16: autocast emulates it "
+                      f"(measured 10x slower than float32 on an AVX2 CPU); precision='auto' picks float32 here.",
+                      RuntimeWarning, stacklevel=3)
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -167,7 +202,8 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
 
     ``params`` restricts the optimised parameters (fine-tuning). When ``checkpoint`` is given,
     the state after every epoch is written there atomically and an interrupted run resumes
-    from it. Returns ``{"val_acc", "best_epoch", "epochs"}``.
+    from it. Returns ``{"val_acc", "best_epoch", "epochs", "precision"}`` (the precision used,
+    see :func:`resolve_precision`).
     """
     from tqdm.auto import tqdm
 
@@ -185,7 +221,9 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
+    precision = resolve_precision(cfg.precision, device)
+    _warn_if_emulated(precision, device)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     steps_per_epoch = -(-len(y_fit) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(int(seed))
@@ -224,7 +262,8 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
     model.eval()
     if checkpoint is not None and Path(checkpoint).exists():
         Path(checkpoint).unlink()
-    return {"val_acc": state["best_acc"], "best_epoch": state["best_epoch"], "epochs": cfg.epochs}
+    return {"val_acc": state["best_acc"], "best_epoch": state["best_epoch"], "epochs": cfg.epochs,
+            "precision": precision}
 
 
 def clone_frozen(model: nn.Module) -> nn.Module:

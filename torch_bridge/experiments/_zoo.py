@@ -32,6 +32,11 @@ __all__ = ["ModelSpec", "build_model", "get_model", "ARCHS"]
 
 ARCHS = ("myrtle", "resnet20", "resnet18", "mlp", "vit")
 
+#: The version of the training code (``build_model`` and ``train_model``): bump it when a change
+#: alters the models a configuration trains, so that zoo models trained before are not reused.
+#: Versions other than 1 are hashed into every zoo key (so the keys of version 1 stay valid).
+TRAIN_VERSION = 1
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -53,7 +58,10 @@ class ModelSpec:
 
     @property
     def key(self) -> str:
-        cfg = json.dumps(self.train.to_json(), sort_keys=True)
+        basis = self.train.to_json()
+        if TRAIN_VERSION != 1:
+            basis["train_version"] = TRAIN_VERSION
+        cfg = json.dumps(basis, sort_keys=True)
         digest = hashlib.sha1(cfg.encode()).hexdigest()[:8]
         bn = "bn" if self.batch_norm else "nobn"
         act = "".join(c if c.isalnum() or c in "._-" else "_" for c in self.activation)

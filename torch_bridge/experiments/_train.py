@@ -118,15 +118,11 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return "bfloat16" if native_bfloat16(torch.device(device)) else "float32"
 
 
-_warned_emulated = False
-
-
 def _warn_if_emulated(precision: str, device: torch.device) -> None:
-    global _warned_emulated
-    if precision == "bfloat16" and not _warned_emulated and not native_bfloat16(device):
+    """Warn (once per process: the warnings module's default filter) about emulated bfloat16."""
+    if precision == "bfloat16" and not native_bfloat16(device):
         import warnings
 
-        _warned_emulated = True
         warnings.warn(f"precision='bfloat16' on {device}, which has no native bfloat16: autocast emulates it "
                       f"(measured 10x slower than float32 on an AVX2 CPU); precision='auto' picks float32 here.",
                       RuntimeWarning, stacklevel=3)

@@ -434,6 +434,8 @@ def _no_compute(tmp_path):
     (["--workers", "2"], "--executor local"),
     (["--slurm-partition", "p"], "--executor slurm"),
     (["--slurm-time", "60"], "--executor local or slurm"),  # inline has no time limit: not ignored silently
+    (["--finetune-epochs", "3"], "sanity experiment only"),  # stitch has no fine-tuning: not ignored silently
+    (["--finetune-images", "100"], "sanity experiment only"),
 ])
 def test_bad_input_exits_2_before_any_compute(extra, needle, tmp_path, capsys, monkeypatch):
     if "--device" in extra and torch.cuda.is_available():
@@ -443,6 +445,25 @@ def test_bad_input_exits_2_before_any_compute(extra, needle, tmp_path, capsys, m
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1, err
     assert _no_compute(tmp_path)
+
+
+def test_finetune_flags_reach_the_sanity_config(tmp_path, capsys, monkeypatch):
+    from torch_bridge.experiments import _run
+
+    seen = {}
+
+    def fake_run(cfg, executor):  # records the configuration and stops before any compute
+        seen["cfg"] = cfg
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(_run, "run_experiment", fake_run)
+    main(["sanity", "--finetune-epochs", "3", "--finetune-images", "700", "--out", str(tmp_path / "out"),
+          "--cache-dir", str(tmp_path / "cache")])
+    assert (seen["cfg"].finetune_epochs, seen["cfg"].finetune_n_train) == (3, 700)
+    capsys.readouterr()
+    code = main(["sanity", "--finetune-images", "0", "--out", str(tmp_path / "o2"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'--finetune-images' must be a positive integer" in err and err.count("\n") == 1, err
 
 
 def test_similarity_pairs_are_unordered(tmp_path, capsys):

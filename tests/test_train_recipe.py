@@ -166,3 +166,16 @@ def test_a_new_training_code_version_changes_every_zoo_key(monkeypatch):
     assert spec.key == "d-myrtle-w8-relu-bn-e50-3058de7c-s0"  # pinned: the key models of version 1 were saved under
     monkeypatch.setattr(_zoo, "TRAIN_VERSION", 2)
     assert spec.key != "d-myrtle-w8-relu-bn-e50-3058de7c-s0"
+
+
+def test_results_record_the_fine_tuning_that_ran_and_keys_stay(tmp_path):
+    # finetune_epochs and finetune_n_train replace the recipe's epochs and images: results.json's
+    # configuration says so, while job keys hash the recipe as given (pinned: the key before this change)
+    from torch_bridge.experiments._run import plan_experiment
+
+    cfg = make_config("sanity", "smoke", finetune={"optimizer": "adam", "lr": 1e-4}, finetune_epochs=3,
+                      finetune_n_train=100, out=str(tmp_path / "o"), cache_dir=str(tmp_path / "c"), progress=False)
+    assert (cfg.to_json()["finetune"]["epochs"], cfg.to_json()["finetune"]["n_train"]) == (3, 100)
+    assert cfg.finetune_recipe() == dataclasses.replace(cfg.finetune, epochs=3, n_train=100)
+    keys = {j["label"]: j["key"] for j in plan_experiment(cfg).to_json()["jobs"]}
+    assert keys["sanity-r0-1-group"] == "814eb8a2da157b63"

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=int, help="models in the zoo (different seeds)")
     p.add_argument("--pairs", type=int, help="pairs of models (stitch, similarity)")
     p.add_argument("--repeats", type=int, help="repeats of the sanity experiment")
+    p.add_argument("--finetune-epochs", type=int, help="sanity: epochs of each fine-tuning")
+    p.add_argument("--finetune-images", type=int, help="sanity: training images of each fine-tuning (default: "
+                   "the preset's; cpu 5,000)")
     p.add_argument("--seed", type=int, help="first seed (default 0)")
     p.add_argument("--layers", help="comma-separated activation site names to use (default: every site)")
     p.add_argument("--slopes", help="leaky_sweep: comma-separated LeakyReLU negative slopes")
@@ -110,10 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         from ._config import make_config
         from ._run import ExecutorConfig, preflight
 
+        for flag, value in (("--finetune-epochs", args.finetune_epochs), ("--finetune-images", args.finetune_images)):
+            if value is not None and args.experiment != "sanity":
+                raise ValueError(f"Argument '{flag}' applies to the sanity experiment only, not {args.experiment!r}.")
+            if value is not None and value < 1:
+                raise ValueError(f"Argument '{flag}' must be a positive integer, not {value}.")
+
         cfg = make_config(
             args.experiment, args.preset, dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
             arch=args.arch, activation=args.activation, width=args.width, epochs=args.epochs, models=args.models,
-            pairs=args.pairs, repeats=args.repeats, seed=args.seed, device=args.device, threads=args.threads,
+            pairs=args.pairs, repeats=args.repeats, finetune_epochs=args.finetune_epochs,
+            finetune_n_train=args.finetune_images, seed=args.seed, device=args.device, threads=args.threads,
             out=args.out or f"experiment-{args.experiment}", progress=False if args.no_progress else None,
             layers=_names(args.layers, "--layers"), slopes=_numbers(args.slopes, "--slopes"),
             methods=_names(args.methods, "--methods"))

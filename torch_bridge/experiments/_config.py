@@ -8,7 +8,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,9 @@ class ExperimentConfig:
         for name in ("width", "models", "repeats", "pairs", "finetune_epochs", "stitch_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Argument '{name}' must be a positive integer, not {getattr(self, name)!r}.")
+        for name in ("finetune_n_train", "stitch_n_train"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"Argument '{name}' must be a positive integer or None, not {getattr(self, name)!r}.")
         if self.arch == "vit" and self.experiment not in ("stitch", "transformer_stitch"):
             raise ValueError(f"Argument 'arch' is 'vit', whose sites are the residual stream after each block; only "
                              f"stitch and transformer_stitch handle them, not {self.experiment!r}.")
@@ -142,15 +145,25 @@ class ExperimentConfig:
     def job_basis(self) -> dict:
         """The fields every job key hashes (see :data:`NOT_IN_JOB_KEYS`; fields of
         :data:`_ADDED_FIELDS` only where they differ from their default)."""
-        return {k: v for k, v in self.to_json().items()
+        d = self.to_json()
+        # keys hash ``finetune`` as given (before finetune_epochs and finetune_n_train replace
+        # its epochs and images), as they did when they were first written
+        d["finetune"] = None if self.finetune is None else self.finetune.to_json()
+        return {k: v for k, v in d.items()
                 if k not in NOT_IN_JOB_KEYS and not (k in _ADDED_FIELDS and v == _ADDED_FIELDS[k])}
 
     def to_json(self) -> dict:
+        """Every field; ``finetune`` is the recipe the sanity fine-tunings use (:meth:`finetune_recipe`)."""
         d = asdict(self)
         d["train"] = self.train.to_json()
         d["train_plain"] = None if self.train_plain is None else self.train_plain.to_json()
-        d["finetune"] = None if self.finetune is None else self.finetune.to_json()
+        d["finetune"] = None if self.finetune is None else self.finetune_recipe().to_json()
         return d
+
+    def finetune_recipe(self) -> TrainConfig:
+        """The sanity test's fine-tuning recipe: ``finetune`` (None: the plain models' recipe)
+        for ``finetune_epochs`` epochs of ``finetune_n_train`` images."""
+        return replace(self.finetune or self.recipe(False), epochs=self.finetune_epochs, n_train=self.finetune_n_train)
 
     def recipe(self, batch_norm: bool) -> TrainConfig:
         """The training recipe of a model with or without batch norm."""

@@ -11,7 +11,6 @@ is fine-tuned; the rotation penalty is the test accuracy before minus after.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -82,7 +81,7 @@ def _run_job(ctx, job) -> dict:
     cfg, q = ctx.cfg, job.params
     base, rec = zoo_model(ctx, q["model_seed"], False)
     site, kind, r = ctx.site(q["site"], False), q["transform"], q["repeat"]
-    ft_cfg = replace(cfg.finetune or cfg.recipe(False), epochs=cfg.finetune_epochs, n_train=cfg.finetune_n_train)
+    ft_cfg = cfg.finetune_recipe()
     model = copy.deepcopy(base)
     before = set(site.before)
     tail = []

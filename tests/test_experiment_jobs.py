@@ -436,6 +436,7 @@ def _no_compute(tmp_path):
     (["--slurm-time", "60"], "--executor local or slurm"),  # inline has no time limit: not ignored silently
     (["--finetune-epochs", "3"], "sanity experiment only"),  # stitch has no fine-tuning: not ignored silently
     (["--finetune-images", "100"], "sanity experiment only"),
+    (["--slopes", "0.1"], "leaky_sweep experiment only"),
 ])
 def test_bad_input_exits_2_before_any_compute(extra, needle, tmp_path, capsys, monkeypatch):
     if "--device" in extra and torch.cuda.is_available():

@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         from ._config import make_config
         from ._run import ExecutorConfig, preflight
 
+        for flag, experiments in _ONLY_FOR.items():  # a flag the experiment would ignore is refused
+            if getattr(args, flag[2:].replace("-", "_")) is not None and args.experiment not in experiments:
+                raise ValueError(f"Argument '{flag}' applies to the {' and '.join(experiments)} experiment"
+                                 f"{'s' if len(experiments) > 1 else ''} only, not {args.experiment!r}.")
         for flag, value in (("--finetune-epochs", args.finetune_epochs), ("--finetune-images", args.finetune_images)):
-            if value is not None and args.experiment != "sanity":
-                raise ValueError(f"Argument '{flag}' applies to the sanity experiment only, not {args.experiment!r}.")
             if value is not None and value < 1:
                 raise ValueError(f"Argument '{flag}' must be a positive integer, not {value}.")
 
@@ -127,11 +129,6 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out or f"experiment-{args.experiment}", progress=False if args.no_progress else None,
             layers=_names(args.layers, "--layers"), slopes=_numbers(args.slopes, "--slopes"),
             methods=_names(args.methods, "--methods"))
-        if args.methods is not None and args.experiment not in ("stitch", "leaky_sweep"):
-            raise ValueError(f"Argument '--methods' applies to stitch and leaky_sweep only, not {args.experiment!r} "
-                             f"(its stitches are fixed by the experiment).")
-        if args.slopes is not None and args.experiment != "leaky_sweep":
-            raise ValueError("Argument '--slopes' applies to the leaky_sweep experiment only.")
         if args.slurm_time is not None and args.executor == "inline":
             raise ValueError("Argument '--slurm-time' needs --executor local or slurm (inline has no time limit).")
         ex = ExecutorConfig(args.executor, args.workers, args.slurm_partition, args.slurm_gpus_per_node,
@@ -170,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _print_summary(results, cfg)
     return 0
+
+
+#: flags that only some experiments read (the others refuse them instead of ignoring them)
+_ONLY_FOR = {"--methods": ("stitch", "leaky_sweep"), "--slopes": ("leaky_sweep",),
+             "--finetune-epochs": ("sanity",), "--finetune-images": ("sanity",)}
 
 
 def _names(text, flag):

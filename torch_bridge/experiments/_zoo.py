@@ -132,9 +132,8 @@ def get_model(spec: ModelSpec, data: Dataset, *, zoo_dir: str | os.PathLike, dev
     torch.manual_seed(spec.seed)
     model = build_model(spec.arch, width=spec.width, activation=spec.activation,
                         batch_norm=spec.batch_norm, data=data).to(device)
-    if spec.arch != "mlp" and spec.train.channels_last:  # only when the recipe asks: oneDNN's
-        model = model.to(memory_format=torch.channels_last)  # channels-last backward segfaulted on
-        # an AVX2 CPU for ResNet18 on 8x8 digits (1x1 maps; tests/test_experiments_more.py)
+    # the layout is train_model's: channels-last while training when the recipe asks, contiguous
+    # afterwards, so a loaded model and a freshly trained one compute in the same layout
     while True:
         saved = _load_verified(path, device)
         if saved is not None:
